@@ -1,0 +1,91 @@
+"""Every exception writelens raises on purpose.
+
+Each class documents its cause and the fix; each raise site says what was wrong and what to do.
+All derive from :class:`WriteLensError`, so ``except writelens.errors.WriteLensError`` catches them all.
+The docs' errors page has one section per class.
+"""
+
+from __future__ import annotations
+
+
+class WriteLensError(Exception):
+    """Base class of every writelens error."""
+
+
+# --- models and sites -------------------------------------------------------------------------------------------
+
+
+class UnsupportedModelError(WriteLensError, TypeError):
+    """The model (or its architecture / transformers version) has no writelens adapter.
+
+    Fix: pass one of the supported HF classes (Qwen3.5, Qwen3-Next, Mamba-2, RWKV-7), or add an adapter file
+    under ``writelens/sites/``.
+    """
+
+
+class SelfCheckError(WriteLensError, RuntimeError):
+    """The load-time self-check failed: the captured write-site quantities do not reproduce the layer's own
+    kernel output. Usually an unknown transformers version changed the layer's forward.
+
+    Fix: install a transformers version writelens was tested with (see README), or report the version.
+    """
+
+
+class NotRecurrentLayerError(WriteLensError, ValueError):
+    """A layer index names a layer that holds no matrix state (e.g. a full-attention layer of a hybrid)."""
+
+
+class SiteOutOfRangeError(WriteLensError, IndexError):
+    """A layer or head index is outside the model."""
+
+
+class PositionOutOfRangeError(WriteLensError, IndexError):
+    """A token position is outside the sequence that was run."""
+
+
+class BatchRowOutOfRangeError(WriteLensError, IndexError):
+    """An edit's ``batch=`` row is outside the batch that was run."""
+
+
+class EditShapeError(WriteLensError, ValueError):
+    """An edit's matrix or factors have the wrong shape or dtype for its site."""
+
+
+class EditConflictError(WriteLensError, ValueError):
+    """Edits that cannot be combined in one run (e.g. overlapping Install positions given twice is fine,
+    but an edit at a position that the run never reaches is not)."""
+
+
+class NonFiniteError(WriteLensError, FloatingPointError):
+    """NaN or inf appeared in an edited run (usually an edit of enormous magnitude)."""
+
+
+class SiteNotCapturedError(WriteLensError, KeyError):
+    """A cache was asked for a site that the run did not capture (``sites=`` excluded it)."""
+
+
+# --- SAEs and checkpoints ---------------------------------------------------------------------------------------
+
+
+class SAEConfigError(WriteLensError, ValueError):
+    """An SAE or trainer configuration is invalid (unknown architecture, k > n_features, ...)."""
+
+
+class CheckpointError(WriteLensError, OSError):
+    """A checkpoint folder or file is missing, truncated, foreign (not a writelens / reference layout) or does
+    not match its config."""
+
+
+class ChecksumError(CheckpointError):
+    """A file's SHA256 does not match the manifest that names it: it was altered or truncated."""
+
+
+class ExtractionError(WriteLensError, RuntimeError):
+    """An extraction run cannot start or resume (mismatched metadata in ``out_dir``, bad target, ...)."""
+
+
+# --- zoo -------------------------------------------------------------------------------------------------------
+
+
+class ZooModelNotFoundError(WriteLensError, KeyError):
+    """A name given to ``wl.zoo`` is not a shipped model."""
