@@ -1,0 +1,53 @@
+"""Tiny random-init models of the real HF classes, shared by the tests."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def _qwen35(layers: int, hk: int, hv: int, d: int, seed: int):
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    cfg = Qwen3_5TextConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, linear_num_key_heads=hk, linear_num_value_heads=hv,
+        linear_key_head_dim=d, linear_value_head_dim=d, linear_conv_kernel_dim=4, pad_token_id=0, eos_token_id=1,
+        bos_token_id=2, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3_5ForCausalLM(cfg).eval()
+    # random init leaves dt_bias = 1 and A_log in a wide range; spread the gates so decay and erase both matter
+    with torch.no_grad():
+        for layer in model.model.layers:
+            if hasattr(layer, "linear_attn"):
+                layer.linear_attn.dt_bias.normal_(0.0, 1.0)
+                layer.linear_attn.A_log.uniform_(-2.0, 0.5)
+    return model
+
+
+def qwen35(layers: int = 4, hk: int = 2, hv: int = 2, d: int = 16, seed: int = 0):
+    """Qwen3_5ForCausalLM, hidden 64, layer pattern [lin, lin, lin, full]*; hv > hk shares key heads."""
+    return _qwen35(layers, hk, hv, d, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def qwen3_next(seed: int = 0):
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    cfg = Qwen3NextConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, linear_num_key_heads=1, linear_num_value_heads=2,
+        linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32, pad_token_id=0,
+        eos_token_id=1, bos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return Qwen3NextForCausalLM(cfg).eval()
+
+
+def ids(batch: int = 2, length: int = 40, vocab: int = 128, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (batch, length), generator=g)

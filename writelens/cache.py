@@ -1,0 +1,113 @@
+"""The per-run write cache: factors, reads, outputs and exact states of every captured site."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from writelens.errors import (
+    NotRecurrentLayerError,
+    PositionOutOfRangeError,
+    SiteNotCapturedError,
+    SiteOutOfRangeError,
+)
+from writelens.sites.base import RecurrentCall, Site, WriteFactors
+
+__all__ = ["WriteCache", "WriteFactors"]
+
+
+class WriteCache:
+    """What ``lens.run(..., cache=True)`` recorded.
+
+    Factors are kept as the kernel received them (a few vectors per token); states are recomputed exactly on
+    request from cached chunk-boundary states (at most one chunk of local recompute), never all T at once.
+    """
+
+    def __init__(self, calls: dict[int, RecurrentCall], sites: Sequence[Site], recurrent_layers: Sequence[int],
+                 num_layers: int):
+        self._calls = calls
+        self.sites = [s for s in sites if s.layer in calls]
+        self._recurrent = set(recurrent_layers)
+        self._num_layers = num_layers
+        first = next(iter(calls.values()), None)
+        self.batch_size = first.batch_size if first else 0
+        self.seq_len = first.length if first else 0
+
+    def __repr__(self) -> str:
+        return f"WriteCache(layers={sorted(self._calls)}, batch={self.batch_size}, seq_len={self.seq_len})"
+
+    def _call(self, layer: int, head: int) -> RecurrentCall:
+        if not 0 <= layer < self._num_layers:
+            raise SiteOutOfRangeError(f"layer {layer} is outside the model's {self._num_layers} layers.")
+        if layer not in self._recurrent:
+            raise NotRecurrentLayerError(
+                f"layer {layer} is not a recurrent (linear-attention) layer; recurrent layers: {sorted(self._recurrent)}."
+            )
+        if layer not in self._calls:
+            raise SiteNotCapturedError(
+                f"layer {layer} was not captured in this run (captured: {sorted(self._calls)}); "
+                "pass sites=None or include it in sites=[...]."
+            )
+        call = self._calls[layer]
+        if not 0 <= head < call.num_heads:
+            raise SiteOutOfRangeError(f"head {head} is outside layer {layer}'s {call.num_heads} value heads.")
+        return call
+
+    def _pos(self, call: RecurrentCall, pos: int) -> int:
+        t = int(pos)
+        if t < 0:
+            t += call.length
+        if not 0 <= t < call.length:
+            raise PositionOutOfRangeError(
+                f"position {pos} is outside the run's {call.length} tokens (valid: 0..{call.length - 1} or negative)."
+            )
+        return t
+
+    def write(self, layer: int, head: int) -> WriteFactors:
+        """The write factors of a site: key k̂ [B,T,d_k], value [B,T,d_v], beta [B,T], g/alpha [B,T], query q̂
+        [B,T,d_k] (L2-normalised; the read multiplies by ``scale`` = d_k^-1/2), output o [B,T,d_v]."""
+        return self._call(layer, head).factors(head)
+
+    def write_matrix(self, layer: int, head: int, pos: int) -> Float[Tensor, "B d_k d_v"]:
+        """The native write ``β k̂ vᵀ`` at ``pos`` as a dense matrix."""
+        call = self._call(layer, head)
+        t = self._pos(call, pos)
+        key, value, coef = call.write_factors(torch.arange(call.batch_size), head, t)
+        return coef[:, None, None] * key[:, :, None] * value[:, None, :]
+
+    def output(self, layer: int, head: int) -> Float[Tensor, "B T d_v"]:
+        """The head's kernel output o (before the gated norm and out_proj)."""
+        return self.write(layer, head).output
+
+    def state(self, layer: int, head: int, pos: int | Int[Tensor, "B"]) -> Float[Tensor, "B d_k d_v"]:
+        """Exact state ``S_pos`` after the write at ``pos``; ``pos`` an int, or a LongTensor [B] (one per row)."""
+        call = self._call(layer, head)
+        if isinstance(pos, Tensor) and pos.ndim == 1:
+            if pos.shape[0] != call.batch_size:
+                raise PositionOutOfRangeError(
+                    f"pos has {pos.shape[0]} entries but the batch has {call.batch_size} rows; give one per row."
+                )
+            out = torch.empty(call.batch_size, call.d_k, call.d_v)
+            for t in torch.unique(pos).tolist():
+                rows = (pos == t).nonzero().flatten()
+                out[rows] = call.state_at(head, self._pos(call, t))[rows]
+            return out
+        return call.state_at(head, self._pos(call, int(pos)))
+
+    def states(self, layer: int, head: int, positions: Sequence[int]) -> Float[Tensor, "B P d_k d_v"]:
+        """States at several positions (ascending order is fastest): [B, P, d_k, d_v]."""
+        call = self._call(layer, head)
+        ts = [self._pos(call, p) for p in positions]
+        order = sorted(range(len(ts)), key=ts.__getitem__)
+        out = torch.empty(call.batch_size, len(ts), call.d_k, call.d_v)
+        for i in order:
+            out[:, i] = call.state_at(head, ts[i])
+        return out
+
+    def final_state(self, layer: int, head: int) -> Float[Tensor, "B d_k d_v"]:
+        """The state after the last token (what the HF cache holds after this run)."""
+        call = self._call(layer, head)
+        return call.state_at(head, call.length - 1)

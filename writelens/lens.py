@@ -1,0 +1,282 @@
+"""``WriteLens``: the write-site view of a live HF model — capture, exact states, propagating edits, generation."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from writelens.cache import WriteCache
+from writelens.edits import Edit, edit_positions, edit_rows
+from writelens.errors import (
+    BatchRowOutOfRangeError,
+    EditShapeError,
+    NonFiniteError,
+    NotRecurrentLayerError,
+    PositionOutOfRangeError,
+    SelfCheckError,
+    SiteOutOfRangeError,
+)
+from writelens.sites.base import RunSession, Site, adapter_for, session_scope
+
+__all__ = ["WriteLens", "RunOutput", "GenerateOutput"]
+
+
+@dataclass
+class RunOutput:
+    """``logits`` [B, T, V]; ``cache``: the :class:`WriteCache` (if ``cache=True``); ``past_key_values``: the HF
+    cache after the run (if ``use_cache=True``), edits included, ready to continue from."""
+
+    logits: Float[Tensor, "B T V"]
+    cache: WriteCache | None = None
+    past_key_values: Any = None
+
+
+@dataclass
+class GenerateOutput:
+    """``sequences`` [B, T + N] (prompt and continuation); ``new_tokens`` [B, N]; ``logits`` [B, N, V] of each
+    generated step (the distribution the token was chosen from); ``past_key_values`` the cache after the last step."""
+
+    sequences: Int[Tensor, "B L"]
+    new_tokens: Int[Tensor, "B N"]
+    logits: Float[Tensor, "B N V"]
+    past_key_values: Any = None
+
+
+def clone_cache(cache: Any) -> Any:
+    """An independent copy of an HF cache (recurrent, conv and attention parts), to branch continuations."""
+    return copy.deepcopy(cache)
+
+
+class WriteLens:
+    """Wrap a live HF model (its modules are used as they are; nothing is re-implemented).
+
+    Args:
+        model: ``Qwen3_5ForCausalLM``, ``Qwen3_5ForConditionalGeneration`` (text part), ``Qwen3NextForCausalLM``.
+        tokenizer: optional, kept for convenience (``lens.tokenizer``).
+        self_check: run one short forward and verify the captured quantities reproduce the layer's own kernel
+            output (raises :class:`SelfCheckError` if not).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, self_check: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapter = adapter_for(model)
+        self.adapter.install()
+        self._sites = self.adapter.sites
+        self.recurrent_layers = sorted(self.adapter.layer_modules)
+        if self_check:
+            self.self_check()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, dtype: torch.dtype | str = torch.float32, tokenizer: bool = True,
+                        self_check: bool = True, **hf_kwargs: Any) -> WriteLens:
+        """Load with ``AutoModelForCausalLM.from_pretrained`` (hub id or local folder) and wrap it."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **hf_kwargs).eval()
+        tok = None
+        if tokenizer:
+            try:
+                tok = AutoTokenizer.from_pretrained(name_or_path)
+            except (OSError, ValueError):
+                tok = None
+        return cls(model, tokenizer=tok, self_check=self_check)
+
+    def __repr__(self) -> str:
+        heads = len(self._sites) // max(len(self.recurrent_layers), 1)
+        return (f"WriteLens({type(self.model).__name__}, family={self.adapter.family!r}, "
+                f"recurrent layers={self.recurrent_layers}, heads/layer={heads})")
+
+    # ---- sites ----------------------------------------------------------------------------------------------------
+
+    @property
+    def sites(self) -> list[Site]:
+        """Every write site ``Site(layer, head, d_k, d_v, family)``."""
+        return list(self._sites)
+
+    def site(self, layer: int, head: int) -> Site:
+        self._check_site(layer, head)
+        return next(s for s in self._sites if s.layer == layer and s.head == head)
+
+    def _check_site(self, layer: int, head: int) -> None:
+        if not 0 <= layer < self.adapter.num_layers:
+            raise SiteOutOfRangeError(
+                f"layer {layer} is outside the model's {self.adapter.num_layers} layers; "
+                f"recurrent layers are {self.recurrent_layers}."
+            )
+        if layer not in self.adapter.layer_modules:
+            raise NotRecurrentLayerError(
+                f"layer {layer} is not a recurrent layer (it holds no matrix state); "
+                f"choose one of {self.recurrent_layers}."
+            )
+        n = sum(1 for s in self._sites if s.layer == layer)
+        if not 0 <= head < n:
+            raise SiteOutOfRangeError(f"head {head} is outside layer {layer}'s {n} value heads (0..{n - 1}).")
+
+    def _check_edits(self, edits: Sequence[Edit], batch_size: int, length: int) -> list[Edit]:
+        edits = list(edits)
+        for e in edits:
+            if not hasattr(e, "layer") or not hasattr(e, "timing"):
+                raise EditShapeError(f"{e!r} is not a writelens edit; use wl.Delete / Replace / Add / RandomAtom / Install.")
+            self._check_site(e.layer, e.head)
+            for p in edit_positions(e):
+                if not 0 <= p < length:
+                    raise PositionOutOfRangeError(
+                        f"{type(e).__name__} at position {p} is outside the {length} positions this call processes "
+                        f"(valid: 0..{length - 1}); edits take absolute, non-negative positions."
+                    )
+            for r in edit_rows(e, batch_size):
+                if not 0 <= r < batch_size:
+                    raise BatchRowOutOfRangeError(
+                        f"{type(e).__name__} names batch row {r} but the batch has {batch_size} rows (0..{batch_size - 1})."
+                    )
+        return edits
+
+    def _ids(self, input_ids: Any) -> Tensor:
+        ids = torch.as_tensor(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
+            raise EditShapeError(f"input_ids must be an integer tensor [B, T], got {tuple(ids.shape)} {ids.dtype}.")
+        return ids.long().to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- running --------------------------------------------------------------------------------------------------
+
+    def run(self, input_ids: Int[Tensor, "B T"], *, cache: bool = False,
+            sites: Sequence[tuple[int, int] | Site] | None = None, edits: Sequence[Edit] = (),
+            attention_mask: Tensor | None = None, use_cache: bool = False, oracle: bool = False) -> RunOutput:
+        """One forward pass, optionally capturing write sites and applying edits.
+
+        Args:
+            input_ids: [B, T] (or [T]).
+            cache: record the write sites (``out.cache``).
+            sites: which (layer, head) to record (None: all); all heads of a named layer are recorded.
+            edits: ``wl.Delete`` / ``Replace`` / ``Add`` / ``RandomAtom`` / ``Install``; composed exactly.
+            use_cache: also return the HF cache (``out.past_key_values``) to continue or branch from.
+            oracle: run every recurrent layer with the float64 per-token reference recurrence, edits applied
+                directly to the state (slow; the ground truth the fast path is tested against).
+        Returns:
+            :class:`RunOutput`. The model and any cache you hold are unchanged.
+        """
+        ids = self._ids(input_ids)
+        edits = self._check_edits(edits, *ids.shape)
+        capture = frozenset()
+        if cache:
+            capture = frozenset(self.recurrent_layers if sites is None else [self._site_layer(s) for s in sites])
+        session = RunSession(edits=edits, capture=capture,
+                             kernel_override=self.adapter.oracle_kernel() if oracle else None)
+        past = None
+        if use_cache:
+            from transformers import DynamicCache
+
+            past = DynamicCache(config=self.model.config)
+        with torch.no_grad(), session_scope(session, self.adapter.layer_modules):
+            out = self.model(input_ids=ids, attention_mask=attention_mask, past_key_values=past, use_cache=use_cache)
+        logits = out.logits
+        if edits and not torch.isfinite(logits).all():
+            raise NonFiniteError(
+                "The edited run produced NaN/inf logits; an edit's magnitude is probably enormous — "
+                "check Replace/Add scales and Install magnitudes."
+            )
+        wcache = None
+        if cache:
+            calls = {layer: c[0] for layer, c in session.calls.items()}
+            wcache = WriteCache(calls, self._sites, self.recurrent_layers, self.adapter.num_layers)
+        return RunOutput(logits=logits, cache=wcache, past_key_values=past)
+
+    def _site_layer(self, s: tuple[int, int] | Site | int) -> int:
+        layer, head = (s, 0) if isinstance(s, int) else ((s.layer, s.head) if isinstance(s, Site) else s)
+        self._check_site(layer, head)
+        return layer
+
+    # ---- generation -----------------------------------------------------------------------------------------------
+
+    def generate(self, input_ids: Int[Tensor, "B T"], *, edits: Sequence[Edit] = (), max_new_tokens: int = 20,
+                 do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None, past_key_values: Any = None, oracle: bool = False) -> GenerateOutput:
+        """Greedy or sampled continuation with edits.
+
+        Edits at prompt positions act during the prefill and persist through the cache (the final recurrent state
+        carries the perturbation; later layers' conv and attention caches are computed from the edited stream);
+        edits at generated positions (``T ≤ pos < T + max_new_tokens``) apply when that token is processed.
+        ``past_key_values``: an HF cache holding a prefix; it is cloned, never modified, and ``input_ids`` are then the
+        tokens after that prefix (positions count from the prefix start). ``oracle``: as in :meth:`run`.
+        """
+        from transformers import DynamicCache
+
+        ids = self._ids(input_ids)
+        B, T = ids.shape
+        past = DynamicCache(config=self.model.config) if past_key_values is None else clone_cache(past_key_values)
+        start = past.get_seq_length() if past_key_values is not None else 0
+        edits = self._check_edits(edits, B, start + T + max_new_tokens)
+        gen = torch.Generator(device="cpu").manual_seed(int(seed)) if seed is not None else None
+        new_tokens, step_logits = [], []
+        chunk, pos = ids, start
+        for step in range(max_new_tokens):
+            session = RunSession(edits=edits, start_pos=pos,
+                                 kernel_override=self.adapter.oracle_kernel() if oracle else None)
+            with torch.no_grad(), session_scope(session, self.adapter.layer_modules):
+                out = self.model(input_ids=chunk, past_key_values=past, use_cache=True)
+            logits = out.logits[:, -1].float()
+            if not torch.isfinite(logits).all():
+                raise NonFiniteError("Generation produced NaN/inf logits; an edit's magnitude is probably enormous.")
+            step_logits.append(logits)
+            pos += chunk.shape[1]
+            nxt = self._pick(logits, do_sample, temperature, top_k, gen)
+            new_tokens.append(nxt)
+            chunk = nxt[:, None]
+        new = torch.stack(new_tokens, 1) if new_tokens else ids.new_zeros(B, 0)
+        lg = torch.stack(step_logits, 1) if step_logits else torch.zeros(B, 0, 0)
+        return GenerateOutput(torch.cat([ids, new], 1), new, lg, past)
+
+    @staticmethod
+    def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, gen) -> Tensor:
+        if not do_sample:
+            return logits.argmax(-1)
+        z = logits / max(float(temperature), 1e-6)
+        if top_k is not None:
+            kth = z.topk(int(top_k), dim=-1).values[:, -1:]
+            z = z.masked_fill(z < kth, float("-inf"))
+        probs = torch.softmax(z, -1).cpu()
+        return torch.multinomial(probs, 1, generator=gen).flatten().to(logits.device)
+
+    clone_cache = staticmethod(clone_cache)
+
+    # ---- self-check -----------------------------------------------------------------------------------------------
+
+    def self_check(self, seq_len: int = 12, seed: int = 0) -> None:
+        """Run a short forward; verify every recurrent layer called the intercepted kernel and that the float64
+        oracle on the captured arguments reproduces the kernel's output. Raises :class:`SelfCheckError`."""
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        gen = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, vocab, (1, seq_len), generator=gen)
+        out = self.run(ids, cache=True)
+        missing = [layer for layer in self.recurrent_layers if layer not in out.cache._calls]
+        if missing:
+            raise SelfCheckError(
+                f"Recurrent layers {missing} never called the gated-delta-rule kernel writelens intercepts; this "
+                "transformers version changed the layer's forward. Install a tested transformers (5.x) or report it."
+            )
+        oracle = self.adapter.oracle_kernel()
+        dtype = next(self.model.parameters()).dtype
+        tol = 1e-3 if dtype == torch.float32 else 5e-2
+        for layer, call in out.cache._calls.items():
+            ref, _ = oracle(call.query, call.key, call.value, call.g, call.beta, initial_state=call.initial_state)
+            got = call.output.float()
+            err = ((got - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6)).item()
+            if not err <= tol:
+                raise SelfCheckError(
+                    f"Layer {layer}: the captured q/k/v/g/beta do not reproduce the kernel output (relative error "
+                    f"{err:.2e} > {tol:.0e}); this transformers version computes the layer differently from what "
+                    "writelens expects. Install a tested transformers (5.x) or report it."
+                )

@@ -1,0 +1,300 @@
+"""What every architecture family shares: the :class:`Site`, one recorded kernel call, edit resolution into state
+injections, the per-run session that the kernel interceptors consult, and the family registry.
+
+A family adapter (one file in ``writelens/sites/``) finds the recurrent layers of a live HF model, patches the
+module-level kernel functions of its modeling file with interceptors, and turns the kernel's arguments into a
+:class:`RecurrentCall` that knows the write, the transition and the read of that family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from writelens.edits import Add, Delete, Edit, Install, RandomAtom, Replace, edit_positions, edit_rows
+from writelens.errors import EditShapeError, UnsupportedModelError
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """One (layer, head) that owns a matrix state ``S`` of shape ``(d_k, d_v)``.
+
+    ``layer`` is the model's own layer index (``model.model.layers[layer]``); ``head`` is the value head.
+    """
+
+    layer: int
+    head: int
+    d_k: int
+    d_v: int
+    family: str
+
+
+class WriteFactors(NamedTuple):
+    """Everything one site's kernel used, per position (role order: key side d_k, value side d_v).
+
+    The write at t is ``coef[:, t] · key[:, t] ⊗ value[:, t]`` (GDN: coef = β); the transition decays by
+    ``alpha = exp(g)`` (GDN also erases along ``key``); the read is ``o_t = scale · S_tᵀ query[:, t]``.
+    """
+
+    key: Float[Tensor, "B T d_k"]
+    value: Float[Tensor, "B T d_v"]
+    beta: Float[Tensor, "B T"]
+    g: Float[Tensor, "B T"]
+    alpha: Float[Tensor, "B T"]
+    query: Float[Tensor, "B T d_k"]
+    scale: float
+    output: Float[Tensor, "B T d_v"]
+
+    @property
+    def coef(self) -> Tensor:
+        """The scalar of the write (β for GDN)."""
+        return self.beta
+
+
+@dataclass
+class Injection:
+    """A state perturbation ``ΔS`` added right after the write at absolute position ``pos`` of one head.
+
+    ``rows``: LongTensor [n] of batch rows; ``delta``: [n, d_k, d_v] float32; ``with_read``: whether the read at
+    ``pos`` sees it.
+    """
+
+    pos: int
+    head: int
+    rows: Tensor
+    delta: Float[Tensor, "n d_k d_v"]
+    with_read: bool
+
+
+class RecurrentCall(ABC):
+    """One call of a layer's recurrent kernel over positions ``[offset, offset + T)``.
+
+    Subclasses hold the kernel's own arguments and implement the family's write, read and the exact linear
+    propagation of a state perturbation through the transitions (using the model's own kernel where possible).
+    """
+
+    offset: int
+    batch_size: int
+    length: int
+    num_heads: int
+    d_k: int
+    d_v: int
+
+    @abstractmethod
+    def write_factors(self, rows: Tensor, head: int, t: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Native write at local position t: (key [n,d_k], value [n,d_v], coef [n]), write = coef·key⊗value."""
+
+    @abstractmethod
+    def read_vector(self, rows: Tensor, head: int, t: int) -> tuple[Tensor, float]:
+        """The read at local t: (query [n, d_k], scale) with o_t = scale · S_tᵀ query (the S-dependent part)."""
+
+    @abstractmethod
+    def propagate(
+        self, injections: list[Injection], heads: list[int]
+    ) -> tuple[Float[Tensor, "B T h d_v"], Float[Tensor, "B h d_k d_v"]]:
+        """Exact effect of ``injections`` (absolute positions inside this call) on the head outputs of ``heads``
+        (δo, zero before the first injection) and on the final state (δS_end)."""
+
+    @abstractmethod
+    def factors(self, head: int) -> WriteFactors:
+        """All per-position quantities of ``head`` over this call."""
+
+    @abstractmethod
+    def state_at(self, head: int, t: int) -> Float[Tensor, "B d_k d_v"]:
+        """Exact state after the write (and any recorded edit) at local position t."""
+
+    # ---- helpers shared by families ------------------------------------------------------------------------
+
+    def resolve(self, edit: Edit) -> list[Injection]:
+        """Turn one edit into injections for the positions of this call (none if it touches none of them)."""
+        rows = torch.tensor(edit_rows(edit, self.batch_size), dtype=torch.long)
+        with_read = edit.timing == "with_read"
+        out: list[Injection] = []
+        for pos in edit_positions(edit):
+            t = pos - self.offset
+            if not 0 <= t < self.length:
+                continue
+            key, value, coef = self.write_factors(rows, edit.head, t)
+            native = coef[:, None, None] * key[:, :, None] * value[:, None, :]
+            native_norm = coef.abs() * key.norm(dim=-1) * value.norm(dim=-1)
+            delta = self._edit_delta(edit, native, native_norm, key, value, rows)
+            out.append(Injection(pos, edit.head, rows, delta.float(), with_read))
+        return out
+
+    def _edit_delta(self, edit: Edit, native: Tensor, native_norm: Tensor, key: Tensor, value: Tensor, rows: Tensor):
+        n, dk, dv = native.shape
+
+        def atom(k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+            k, v = self._check_factor(k, dk, "key"), self._check_factor(v, dv, "value")
+            unit = torch.outer(k, v) / (k.norm() * v.norm()).clamp_min(1e-30)
+            s = native_norm if scale is None else torch.full((n,), float(scale), dtype=native.dtype)
+            return s[:, None, None].to(native) * unit.to(native)
+
+        if isinstance(edit, Delete):
+            return -native
+        if isinstance(edit, Replace):
+            return atom(edit.key, edit.value, edit.scale) - native
+        if isinstance(edit, RandomAtom):
+            r, z = edit.factors(dk, dv)
+            added = atom(r, z, edit.scale)
+            return added - native if edit.replace else added
+        if isinstance(edit, Add):
+            if edit.matrix is not None:
+                m = edit.matrix
+                if tuple(m.shape) != (dk, dv):
+                    raise EditShapeError(
+                        f"Add.matrix has shape {tuple(m.shape)} but site (layer {edit.layer}, head {edit.head}) "
+                        f"holds a ({dk}, {dv}) state; pass a (d_k, d_v) matrix in the key-rows orientation."
+                    )
+                return (edit.scale * m.to(native)).expand(n, dk, dv).clone()
+            k, v = self._check_factor(edit.key, dk, "key"), self._check_factor(edit.value, dv, "value")
+            return (edit.scale * torch.outer(k, v)).to(native).expand(n, dk, dv).clone()
+        if isinstance(edit, Install):
+            v = self._check_factor(edit.value, dv, "value").to(native)
+            v = v / v.norm().clamp_min(1e-30)
+            if edit.key is None:
+                k = key / key.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            else:
+                k = self._check_factor(edit.key, dk, "key").to(native)
+                k = (k / k.norm().clamp_min(1e-30)).expand(n, dk)
+            size = edit.magnitude * key.norm(dim=-1) * value.norm(dim=-1)
+            return size[:, None, None] * k[:, :, None] * v[None, None, :]
+        raise EditShapeError(f"Unknown edit type {type(edit).__name__}; use writelens.Delete/Replace/Add/...")
+
+    @staticmethod
+    def _check_factor(x: Tensor, d: int, side: str) -> Tensor:
+        if x.shape[-1] != d:
+            raise EditShapeError(
+                f"The {side} factor has length {x.shape[-1]} but this site's {side} side has dimension {d} "
+                f"({'d_k' if side == 'key' else 'd_v'}); key factors live on the d_k side, value factors on d_v."
+            )
+        return x.float()
+
+
+# ---- per-run session ---------------------------------------------------------------------------------------------
+
+_ACTIVE: contextvars.ContextVar[RunSession | None] = contextvars.ContextVar("writelens_session", default=None)
+
+
+@dataclass
+class RunSession:
+    """What one ``lens.run`` / generation step asks of the interceptors.
+
+    ``edits``: edits to apply (absolute positions); ``capture``: layer indices whose kernel calls are recorded;
+    ``start_pos``: absolute position of the first token of this forward; ``kernel_override``: a callable that
+    replaces the kernel (the float64 oracle) or None.
+    """
+
+    edits: list[Edit] = field(default_factory=list)
+    capture: frozenset[int] = frozenset()
+    start_pos: int = 0
+    kernel_override: Any = None
+    current_layer: int | None = None
+    calls: dict[int, list[RecurrentCall]] = field(default_factory=dict)
+    injections: dict[int, list[Injection]] = field(default_factory=dict)
+    positions: dict[int, int] = field(default_factory=dict)
+
+    def edits_for(self, layer: int) -> list[Edit]:
+        return [e for e in self.edits if e.layer == layer]
+
+
+def active_session() -> RunSession | None:
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def session_scope(session: RunSession, layer_modules: dict[int, nn.Module]) -> Iterator[RunSession]:
+    """Activate ``session`` and keep ``session.current_layer`` up to date with forward pre/post hooks."""
+
+    def enter(idx: int):
+        def hook(module, args, kwargs=None):
+            session.current_layer = idx
+
+        return hook
+
+    def leave(module, args, output):
+        session.current_layer = None
+
+    handles = []
+    for idx, mod in layer_modules.items():
+        handles.append(mod.register_forward_pre_hook(enter(idx)))
+        handles.append(mod.register_forward_hook(leave))
+    token = _ACTIVE.set(session)
+    try:
+        yield session
+    finally:
+        _ACTIVE.reset(token)
+        for h in handles:
+            h.remove()
+
+
+# ---- adapters and registry ---------------------------------------------------------------------------------------
+
+
+class FamilyAdapter(ABC):
+    """Binds writelens to one architecture family of live HF models."""
+
+    family: ClassVar[str]
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether this adapter can wrap ``model``."""
+
+    @property
+    @abstractmethod
+    def layer_modules(self) -> dict[int, nn.Module]:
+        """Model layer index → the recurrent mixer module of that layer."""
+
+    @property
+    @abstractmethod
+    def sites(self) -> list[Site]:
+        """Every (layer, head) write site, in layer then head order."""
+
+    @property
+    @abstractmethod
+    def num_layers(self) -> int:
+        """All decoder layers (recurrent and not)."""
+
+    @abstractmethod
+    def install(self) -> None:
+        """Patch the kernel functions with interceptors (idempotent)."""
+
+    @abstractmethod
+    def oracle_kernel(self) -> Any:
+        """The float64 per-token reference kernel with the same signature as the intercepted kernel."""
+
+
+_FAMILIES: list[type[FamilyAdapter]] = []
+
+
+def register_family(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
+    """Class decorator: make an adapter discoverable by :func:`adapter_for`."""
+    _FAMILIES.append(cls)
+    return cls
+
+
+def adapter_for(model: nn.Module) -> FamilyAdapter:
+    """The adapter for ``model``, or :class:`UnsupportedModelError`."""
+    import writelens.sites  # noqa: F401  (imports every family file, which registers it)
+
+    for cls in _FAMILIES:
+        if cls.matches(model):
+            return cls(model)
+    known = ", ".join(c.family for c in _FAMILIES)
+    raise UnsupportedModelError(
+        f"writelens has no adapter for {type(model).__name__}. Supported families: {known}. "
+        "Pass a Qwen3_5ForCausalLM / Qwen3_5ForConditionalGeneration / Qwen3NextForCausalLM model "
+        "(or add an adapter file under writelens/sites/)."
+    )

@@ -1,0 +1,336 @@
+"""Gated DeltaNet write sites over the live HF classes (Qwen3.5, Qwen3.5 VLM text part, Qwen3-Next, and any model
+whose linear-attention layers call the same module-level ``torch_*_gated_delta_rule`` kernels).
+
+Per value head h and position t (kernel layout, ``S`` is ``[d_k, d_v]``)::
+
+    k̂_t = l2norm(k_t), q̂_t = l2norm(q_t), α_t = exp(g_t), β_t = sigmoid(b_t)
+    S_t = α_t (I − β_t k̂_t k̂_tᵀ) S_{t−1} + β_t k̂_t v_tᵀ          (transition, then the write)
+    o_t = d_k^{-1/2} · S_tᵀ q̂_t                                      (the read sees the write at t)
+
+When ``num_v_heads > num_k_heads`` value heads ``r·j … r·j + r − 1`` share key head ``j`` (``r = Hv / Hk``).
+
+The kernels are module-level globals of the modeling file, looked up at call time, so writelens swaps them for
+interceptors. Off a session they call straight through; on CPU they always run the torch reference kernels (fla
+picked by transformers at import time cannot run without a GPU).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from writelens.sites.base import (
+    FamilyAdapter,
+    Injection,
+    RecurrentCall,
+    RunSession,
+    Site,
+    WriteFactors,
+    active_session,
+    register_family,
+)
+from writelens.sites.gdn_oracle import l2norm, naive_gated_delta_rule
+
+CHUNK = 64  # boundary spacing of cached states, and the HF/fla chunk size
+
+
+def _torch_impl(fn: Any) -> Any:
+    return getattr(fn, "__wrapped__", fn)
+
+
+class DeviceDispatch:
+    """Calls the torch reference implementation on CPU tensors and the transformers-selected one on GPU."""
+
+    def __init__(self, original: Any):
+        self.original = original
+        self.torch_impl = _torch_impl(original)
+        self.__wrapped__ = self.torch_impl
+
+    def pick(self, tensor: Tensor) -> Any:
+        return self.original if tensor.is_cuda else self.torch_impl
+
+    def __call__(self, hidden_states, *args, **kwargs):
+        return self.pick(hidden_states)(hidden_states, *args, **kwargs)
+
+
+class GDNCall(RecurrentCall):
+    """One call of the gated-delta-rule kernel, with the kernel's own (raw, un-normalised) arguments.
+
+    query, key: [B, T, Hk, d_k]; value: [B, T, Hv, d_v]; g, beta: [B, T, Hv]; initial_state: [B, Hv, d_k, d_v] or
+    None; ``chunk_kernel`` / ``step_kernel``: the model's kernels used for exact propagation and state recompute.
+    """
+
+    def __init__(self, query, key, value, g, beta, initial_state, offset, chunk_kernel, step_kernel):
+        self.query, self.key, self.value, self.g, self.beta = query, key, value, g, beta
+        self.initial_state = initial_state
+        self.offset = offset
+        self.chunk_kernel, self.step_kernel = chunk_kernel, step_kernel
+        self.batch_size, self.length, self.num_k_heads, self.d_k = key.shape
+        self.num_heads, self.d_v = value.shape[-2:]
+        self.rep = self.num_heads // self.num_k_heads
+        self.scale = self.d_k**-0.5
+        self.output: Tensor | None = None  # [B, T, Hv, d_v] as the layer received it (edits included)
+        self.injections: list[Injection] = []
+        self._state_cache: dict[int, dict[int, Tensor]] = {}
+
+    # ---- factors ------------------------------------------------------------------------------------------------
+
+    def kh(self, head: int) -> int:
+        return head // self.rep
+
+    def write_factors(self, rows: Tensor, head: int, t: int):
+        key = l2norm(self.key[rows, t, self.kh(head)].float())
+        return key, self.value[rows, t, head].float(), self.beta[rows, t, head].float()
+
+    def read_vector(self, rows: Tensor, head: int, t: int):
+        return l2norm(self.query[rows, t, self.kh(head)].float()), self.scale
+
+    def factors(self, head: int) -> WriteFactors:
+        kh = self.kh(head)
+        g = self.g[:, :, head].float()
+        return WriteFactors(
+            key=l2norm(self.key[:, :, kh].float()),
+            value=self.value[:, :, head].float(),
+            beta=self.beta[:, :, head].float(),
+            g=g,
+            alpha=g.exp(),
+            query=l2norm(self.query[:, :, kh].float()),
+            scale=self.scale,
+            output=self.output[:, :, head].float(),
+        )
+
+    # ---- kernel segments ----------------------------------------------------------------------------------------
+
+    def segment(self, rows: Tensor, heads: list[int], t0: int, t1: int, initial: Tensor, zero_value: bool):
+        """Run the model's kernel on local positions [t0, t1) for ``rows`` × ``heads`` from ``initial``
+        ([n, h, d_k, d_v]); returns (o [n, L, h, d_v] fp32, S_{t1−1} [n, h, d_k, d_v] fp32)."""
+        kh = [self.kh(h) for h in heads]
+        q = self.query[rows, t0:t1][:, :, kh].float()
+        k = self.key[rows, t0:t1][:, :, kh].float()
+        v = self.value[rows, t0:t1][:, :, heads].float()
+        if zero_value:
+            v = torch.zeros_like(v)
+        g = self.g[rows, t0:t1][:, :, heads].float()
+        beta = self.beta[rows, t0:t1][:, :, heads].float()
+        kernel = self.step_kernel if t1 - t0 <= 4 else self.chunk_kernel
+        o, state = kernel(
+            q, k, v, g=g, beta=beta, initial_state=initial.float().contiguous(),
+            output_final_state=True, use_qk_l2norm_in_kernel=True,
+        )
+        return o.float(), state.float()
+
+    def propagate(self, injections: list[Injection], heads: list[int]):
+        """δo [B, T, h, d_v] and δS_end [B, h, d_k, d_v] of ``injections`` (exact: the δ-recurrence is the kernel
+        with zero values and the perturbation as initial state)."""
+        hidx = {h: i for i, h in enumerate(heads)}
+        B, T = self.batch_size, self.length
+        d_o = torch.zeros(B, T, len(heads), self.d_v)
+        d_s = torch.zeros(B, len(heads), self.d_k, self.d_v)
+        if not injections:
+            return d_o, d_s
+        rows = torch.unique(torch.cat([inj.rows for inj in injections]))
+        local = {int(r): i for i, r in enumerate(rows.tolist())}
+        state = torch.zeros(len(rows), len(heads), self.d_k, self.d_v)
+        out = torch.zeros(len(rows), T, len(heads), self.d_v)
+        by_pos: dict[int, list[Injection]] = {}
+        for inj in injections:
+            by_pos.setdefault(inj.pos - self.offset, []).append(inj)
+        positions = sorted(by_pos)
+        for i, t in enumerate(positions):
+            if i > 0:
+                o, state = self.segment(rows, heads, positions[i - 1] + 1, t + 1, state, zero_value=True)
+                out[:, positions[i - 1] + 1 : t + 1] = o
+            for inj in by_pos[t]:
+                li = torch.tensor([local[int(r)] for r in inj.rows.tolist()])
+                hi = hidx[inj.head]
+                state[li, hi] += inj.delta
+                if inj.with_read:
+                    q, scale = self.read_vector(inj.rows, inj.head, t)
+                    out[li, t, hi] += scale * torch.einsum("nkv,nk->nv", inj.delta, q)
+        if positions[-1] + 1 < T:
+            o, state = self.segment(rows, heads, positions[-1] + 1, T, state, zero_value=True)
+            out[:, positions[-1] + 1 :] = o
+        d_o[rows] = out
+        d_s[rows] = state
+        return d_o, d_s
+
+    # ---- exact states of a captured call --------------------------------------------------------------------
+
+    def _start_state(self, head: int) -> Tensor:
+        if self.initial_state is None:
+            return torch.zeros(self.batch_size, 1, self.d_k, self.d_v)
+        return self.initial_state[:, head : head + 1].float()
+
+    def _advance(self, head: int, state: Tensor, t0: int, t1: int) -> Tensor:
+        """State after local position t1−1 given the state after t0−1, including recorded injections."""
+        rows = torch.arange(self.batch_size)
+        cuts = sorted({inj.pos - self.offset for inj in self.injections if inj.head == head and t0 <= inj.pos - self.offset < t1})
+        start = t0
+        for t in [*cuts, None]:
+            stop = t1 if t is None else t + 1
+            if stop > start:
+                _, state = self.segment(rows, [head], start, stop, state, zero_value=False)
+            if t is not None:
+                for inj in self.injections:
+                    if inj.head == head and inj.pos - self.offset == t:
+                        state[inj.rows, 0] += inj.delta
+            start = stop
+        return state
+
+    def state_at(self, head: int, t: int) -> Tensor:
+        """Exact S after the write (and any recorded edit) at local position t, [B, d_k, d_v]; uses cached
+        chunk-boundary states and recomputes at most one chunk."""
+        cache = self._state_cache.setdefault(head, {})
+        known = [p for p in cache if p <= t]
+        cur = max(known) if known else -1
+        state = cache[cur] if known else self._start_state(head)
+        while (cur + 1) // CHUNK < (t + 1) // CHUNK:  # cross chunk boundaries, caching each
+            nxt = ((cur + 1) // CHUNK + 1) * CHUNK - 1
+            state = self._advance(head, state, cur + 1, nxt + 1)
+            cur = nxt
+            cache[cur] = state
+        if cur < t:
+            state = self._advance(head, state, cur + 1, t + 1)
+        return state[:, 0]
+
+
+class GDNInterceptor:
+    """Replaces ``torch_chunk_gated_delta_rule`` / ``torch_recurrent_gated_delta_rule`` in a modeling module."""
+
+    def __init__(self, original: Any, adapter_kernels: dict[str, DeviceDispatch]):
+        self.original = original
+        self.dispatch = DeviceDispatch(original)
+        self.kernels = adapter_kernels
+        self.__wrapped__ = self.dispatch.torch_impl
+
+    def __call__(self, query, key, value, g=None, beta=None, initial_state=None, output_final_state=False,
+                 use_qk_l2norm_in_kernel=False, **kwargs):
+        session = active_session()
+        impl = self.dispatch.pick(query)
+        if session is None or session.current_layer is None:
+            return impl(query, key, value, g=g, beta=beta, initial_state=initial_state,
+                        output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                        **kwargs)
+        if not use_qk_l2norm_in_kernel:
+            raise NotImplementedError("writelens expects use_qk_l2norm_in_kernel=True (as Qwen3.5 / Qwen3-Next do).")
+        return _handle_call(session, self.kernels, query, key, value, g, beta, initial_state, output_final_state,
+                            impl, kwargs)
+
+
+def _handle_call(session: RunSession, kernels, query, key, value, g, beta, initial_state, output_final_state,
+                 impl, kwargs):
+    layer = session.current_layer
+    offset = session.positions.get(layer, session.start_pos)
+    captured = layer in session.capture
+    init = initial_state.detach().clone() if (captured and initial_state is not None) else initial_state
+    chunk = kernels["chunk"].pick(query)
+    step = kernels["step"].pick(query)
+    call = GDNCall(query, key, value, g, beta, init, offset, chunk, step)
+    injections = [inj for e in session.edits_for(layer) for inj in call.resolve(e)]
+    if session.kernel_override is not None:
+        out, state = session.kernel_override(
+            query, key, value, g=g, beta=beta, initial_state=initial_state, output_final_state=output_final_state,
+            use_qk_l2norm_in_kernel=True, injections=injections, offset=offset,
+        )
+    else:
+        out, state = impl(query, key, value, g=g, beta=beta, initial_state=initial_state,
+                          output_final_state=output_final_state, use_qk_l2norm_in_kernel=True, **kwargs)
+        if injections:
+            heads = sorted({inj.head for inj in injections})
+            d_o, d_s = call.propagate(injections, heads)
+            out = out.clone()
+            out[:, :, heads] = (out[:, :, heads].float() + d_o.to(out.device)).to(out.dtype)
+            if state is not None:
+                state = state.clone()
+                state[:, heads] = (state[:, heads].float() + d_s.to(state.device)).to(state.dtype)
+    session.positions[layer] = offset + query.shape[1]
+    session.injections.setdefault(layer, []).extend(injections)
+    if captured:
+        call.output = out.detach()
+        call.injections = injections
+        session.calls.setdefault(layer, []).append(call)
+    return out, state
+
+
+_KERNEL_NAMES = {"chunk": "torch_chunk_gated_delta_rule", "step": "torch_recurrent_gated_delta_rule"}
+_CONV_NAMES = ("causal_conv1d_fn", "causal_conv1d_update")
+
+
+def _install_module(module: Any) -> dict[str, DeviceDispatch]:
+    """Patch one modeling module once; returns the device dispatchers of its two kernels."""
+    if getattr(module, "_writelens_kernels", None) is not None:
+        return module._writelens_kernels
+    kernels = {role: DeviceDispatch(getattr(module, name)) for role, name in _KERNEL_NAMES.items()}
+    for role, name in _KERNEL_NAMES.items():
+        setattr(module, name, GDNInterceptor(getattr(module, name), kernels))
+    for name in _CONV_NAMES:
+        if hasattr(module, name):
+            setattr(module, name, DeviceDispatch(getattr(module, name)))
+    module._writelens_kernels = kernels
+    return kernels
+
+
+def _decoder(model: nn.Module) -> nn.Module | None:
+    inner = getattr(model, "model", None)
+    if inner is None:
+        return None
+    return getattr(inner, "language_model", inner)
+
+
+@register_family
+class GDNAdapter(FamilyAdapter):
+    """Qwen3.5 / Qwen3-Next style hybrids: ``model.model[.language_model].layers[i].linear_attn``."""
+
+    family = "gdn"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        dec = _decoder(model)
+        layers = getattr(dec, "layers", None) if dec is not None else None
+        if layers is None:
+            return False
+        return any(type(getattr(layer, "linear_attn", None)).__name__.endswith("GatedDeltaNet") for layer in layers)
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.decoder = _decoder(model)
+        self.text_config = model.config.get_text_config(decoder=True)
+        self.layers = self.decoder.layers
+        types = list(getattr(self.text_config, "layer_types", None) or [])
+        self._modules = {
+            i: layer.linear_attn
+            for i, layer in enumerate(self.layers)
+            if (types[i] == "linear_attention" if types else hasattr(layer, "linear_attn"))
+        }
+        first = next(iter(self._modules.values()))
+        self.num_heads, self.num_k_heads = first.num_v_heads, first.num_k_heads
+        self.d_k, self.d_v = first.head_k_dim, first.head_v_dim
+        self.kernels: dict[str, DeviceDispatch] = {}
+
+    @property
+    def layer_modules(self) -> dict[int, nn.Module]:
+        return self._modules
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def sites(self) -> list[Site]:
+        return [Site(i, h, m.head_k_dim, m.head_v_dim, self.family) for i, m in self._modules.items()
+                for h in range(m.num_v_heads)]
+
+    def install(self) -> None:
+        for mod in {sys.modules[type(m).__module__] for m in self._modules.values()}:
+            self.kernels = _install_module(mod)
+
+    def oracle_kernel(self):
+        return naive_gated_delta_rule
+
+    def out_proj_slice(self, layer: int, head: int) -> Tensor:
+        """W_O^h: the columns of ``out_proj`` that read head ``head``'s (normed) output, [d_model, d_v]."""
+        w = self._modules[layer].out_proj.weight
+        return w[:, head * self.d_v : (head + 1) * self.d_v]
