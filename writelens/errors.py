@@ -89,3 +89,14 @@ class ExtractionError(WriteLensError, RuntimeError):
 
 class ZooModelNotFoundError(WriteLensError, KeyError):
     """A name given to ``wl.zoo`` is not a shipped model."""
+
+
+# --- SAE inputs ------------------------------------------------------------------------------------------------
+
+
+class SAEInputError(WriteLensError, ValueError):
+    """A tensor given to an SAE (states, codes, feature indices) has the wrong shape for the SAE's config.
+
+    Fix: pass states shaped ``[..., d_k, d_v]`` (``[..., H, d_k, d_v]`` for a stacked SAE with ``n_heads=H``)
+    and codes shaped ``[..., n_features]`` (``[..., H, n_features]``).
+    """
