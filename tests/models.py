@@ -18,8 +18,12 @@ def _qwen35(layers: int, hk: int, hv: int, d: int, seed: int):
         bos_token_id=2, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen3_5ForCausalLM(cfg).eval()
-    # random init leaves dt_bias = 1 and A_log in a wide range; spread the gates so decay and erase both matter
+    return _spread_gates(Qwen3_5ForCausalLM(cfg).eval())
+
+
+def _spread_gates(model):
+    """Random init leaves dt_bias = 1 and A_log up to log 16 (states forget within a token or two); spread the
+    gates so that decay and erase both matter over tens of tokens."""
     with torch.no_grad():
         for layer in model.model.layers:
             if hasattr(layer, "linear_attn"):
@@ -45,7 +49,7 @@ def qwen3_next(seed: int = 0):
         eos_token_id=1, bos_token_id=2,
     )
     torch.manual_seed(seed)
-    return Qwen3NextForCausalLM(cfg).eval()
+    return _spread_gates(Qwen3NextForCausalLM(cfg).eval())
 
 
 def ids(batch: int = 2, length: int = 40, vocab: int = 128, seed: int = 0) -> torch.Tensor:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from writelens.errors import UnsupportedModelError
 from writelens.sites.base import (
     FamilyAdapter,
     Injection,
@@ -215,7 +216,10 @@ class GDNInterceptor:
                         output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
                         **kwargs)
         if not use_qk_l2norm_in_kernel:
-            raise NotImplementedError("writelens expects use_qk_l2norm_in_kernel=True (as Qwen3.5 / Qwen3-Next do).")
+            raise UnsupportedModelError(
+                "This layer calls the gated delta rule with use_qk_l2norm_in_kernel=False; writelens supports the "
+                "Qwen3.5 / Qwen3-Next convention (q, k normalised inside the kernel). Report the model class."
+            )
         return _handle_call(session, self.kernels, query, key, value, g, beta, initial_state, output_final_state,
                             impl, kwargs)
 
