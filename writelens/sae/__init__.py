@@ -1,0 +1,65 @@
+"""Sparse autoencoders on matrix-valued recurrent states S (d_k x d_v). Knows nothing of models: it
+trains on tensors and on extraction shards.
+
+- Architectures (``cfg.architecture``): :class:`FlatSAE` (``"flat"``), :class:`MatrixSAE` (``"matrix"``),
+  :class:`BilinearSAE` (``"bilinear"``, WriteSAE). Activations: TopK, BatchTopK, JumpReLU.
+- :func:`load_sae` / ``SAE.from_pretrained`` / ``sae.save`` / ``sae.push_to_hub``.
+- Data: :mod:`writelens.sae.shards` (the on-disk format), :mod:`writelens.sae.data` (datasets).
+- Training: :mod:`writelens.sae.train` (:class:`TrainConfig`, :func:`train_sae`).
+- The paper's released checkpoints: :mod:`writelens.sae.reference`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from writelens.sae.base import SAE
+from writelens.sae.bilinear import BilinearSAE
+from writelens.sae.config import Objective, SAEConfig
+from writelens.sae.flat import FlatSAE
+from writelens.sae.matrix import MatrixSAE
+from writelens.sae.outputs import Atoms, SAELosses, SAEOutput, SparseCodes
+from writelens.sae.registry import ARCHITECTURES, build_sae, register_architecture
+
+_LAZY = {
+    "load_sae": ("writelens.sae.io", "load_sae"),
+    "from_pretrained": ("writelens.sae.io", "from_pretrained"),
+    "push_to_hub": ("writelens.sae.io", "push_to_hub"),
+    "TrainConfig": ("writelens.sae.train", "TrainConfig"),
+    "Trainer": ("writelens.sae.train", "Trainer"),
+    "TrainResult": ("writelens.sae.train", "TrainResult"),
+    "train_sae": ("writelens.sae.train", "train_sae"),
+    "StateDataset": ("writelens.sae.data", "StateDataset"),
+    "ShardWriter": ("writelens.sae.shards", "ShardWriter"),
+    "ShardReader": ("writelens.sae.shards", "ShardReader"),
+    "load_reference_sae": ("writelens.sae.reference", "load_reference_sae"),
+    "evaluate_sae": ("writelens.sae.metrics", "evaluate_sae"),
+}
+
+__all__ = [
+    "ARCHITECTURES",
+    "Atoms",
+    "BilinearSAE",
+    "FlatSAE",
+    "MatrixSAE",
+    "Objective",
+    "SAE",
+    "SAEConfig",
+    "SAELosses",
+    "SAEOutput",
+    "SparseCodes",
+    "build_sae",
+    "register_architecture",
+    *sorted(_LAZY),
+]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'writelens.sae' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
