@@ -198,3 +198,17 @@ def test_cache_branching(lens):
     clone = lens.clone_cache(prefix)
     clone.layers[L].recurrent_states[0].add_(1.0)
     assert torch.equal(prefix.layers[L].recurrent_states[0], before[0])
+
+
+def test_prefix_reuse_equals_full_forward_and_oracle(lens):
+    """The fast path (native prefix reused, only the edited suffix recomputed) is exact."""
+    x = ids(3, 90, seed=12).repeat_interleave(2, 0)  # duplicate rows are run natively once
+    L0, L1 = lens.recurrent_layers[0], lens.recurrent_layers[-1]
+    u, w = _factors(16, 13)
+    edits = [wl.Delete(L1, 0, pos=30 + r, batch=r) for r in range(4)]
+    edits += [wl.Replace(L0, 1, 70, key=u, value=w, scale=0.7, batch=4), wl.Delete(L1, 1, 3, batch=4),
+              wl.Install(L0, 1, (0, 1, 2), value=w, batch=5)]
+    fast = lens.run(x, edits=edits).logits
+    full = lens.run(x, edits=edits, _fast=False).logits
+    ref = lens.run(x, edits=edits, oracle=True).logits
+    assert rel(fast, full) < TOL and rel(fast, ref) < TOL

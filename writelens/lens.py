@@ -154,7 +154,8 @@ class WriteLens:
 
     def run(self, input_ids: Int[Tensor, "B T"], *, cache: bool = False,
             sites: Sequence[tuple[int, int] | Site] | None = None, edits: Sequence[Edit] = (),
-            attention_mask: Tensor | None = None, use_cache: bool = False, oracle: bool = False) -> RunOutput:
+            attention_mask: Tensor | None = None, use_cache: bool = False, oracle: bool = False,
+            _fast: bool = True) -> RunOutput:
         """One forward pass, optionally capturing write sites and applying edits.
 
         Args:
@@ -170,6 +171,16 @@ class WriteLens:
         """
         ids = self._ids(input_ids)
         edits = self._check_edits(edits, *ids.shape)
+        if edits and _fast and not (cache or use_cache or oracle) and attention_mask is None:
+            from writelens.fastpath import run_with_prefix_reuse
+
+            logits = run_with_prefix_reuse(self, ids, edits)
+            if not torch.isfinite(logits).all():
+                raise NonFiniteError(
+                    "The edited run produced NaN/inf logits; an edit's magnitude is probably enormous — "
+                    "check Replace/Add scales and Install magnitudes."
+                )
+            return RunOutput(logits=logits)
         capture = frozenset()
         if cache:
             capture = frozenset(self.recurrent_layers if sites is None else [self._site_layer(s) for s in sites])

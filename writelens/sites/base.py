@@ -201,6 +201,8 @@ class RunSession:
     calls: dict[int, list[RecurrentCall]] = field(default_factory=dict)
     injections: dict[int, list[Injection]] = field(default_factory=dict)
     positions: dict[int, int] = field(default_factory=dict)
+    capture_conv: frozenset[int] = frozenset()
+    conv_inputs: dict[int, Tensor] = field(default_factory=dict)
 
     def edits_for(self, layer: int) -> list[Edit]:
         return [e for e in self.edits if e.layer == layer]

@@ -57,6 +57,17 @@ class DeviceDispatch:
         return self.pick(hidden_states)(hidden_states, *args, **kwargs)
 
 
+class ConvCapture(DeviceDispatch):
+    """``causal_conv1d_fn`` with device dispatch that also records its input ([B, conv_dim, T], the pre-conv
+    stream whose last ``K`` columns form the HF conv state) for layers a session asks for."""
+
+    def __call__(self, hidden_states, *args, **kwargs):
+        session = active_session()
+        if session is not None and session.current_layer in session.capture_conv:
+            session.conv_inputs[session.current_layer] = hidden_states.detach()
+        return self.pick(hidden_states)(hidden_states, *args, **kwargs)
+
+
 class GDNCall(RecurrentCall):
     """One call of the gated-delta-rule kernel, with the kernel's own (raw, un-normalised) arguments.
 
@@ -260,7 +271,6 @@ def _handle_call(session: RunSession, kernels, query, key, value, g, beta, initi
 
 
 _KERNEL_NAMES = {"chunk": "torch_chunk_gated_delta_rule", "step": "torch_recurrent_gated_delta_rule"}
-_CONV_NAMES = ("causal_conv1d_fn", "causal_conv1d_update")
 
 
 def _install_module(module: Any) -> dict[str, DeviceDispatch]:
@@ -270,9 +280,10 @@ def _install_module(module: Any) -> dict[str, DeviceDispatch]:
     kernels = {role: DeviceDispatch(getattr(module, name)) for role, name in _KERNEL_NAMES.items()}
     for role, name in _KERNEL_NAMES.items():
         setattr(module, name, GDNInterceptor(getattr(module, name), kernels))
-    for name in _CONV_NAMES:
-        if hasattr(module, name):
-            setattr(module, name, DeviceDispatch(getattr(module, name)))
+    if hasattr(module, "causal_conv1d_fn"):
+        module.causal_conv1d_fn = ConvCapture(module.causal_conv1d_fn)
+    if hasattr(module, "causal_conv1d_update"):
+        module.causal_conv1d_update = DeviceDispatch(module.causal_conv1d_update)
     module._writelens_kernels = kernels
     return kernels
 
@@ -302,7 +313,7 @@ class GDNAdapter(FamilyAdapter):
         super().__init__(model)
         self.decoder = _decoder(model)
         self.text_config = model.config.get_text_config(decoder=True)
-        self.layers = self.decoder.layers
+        self.layers = self.decoder.layers  # every decoder layer (recurrent or not), by model index
         types = list(getattr(self.text_config, "layer_types", None) or [])
         self._modules = {
             i: layer.linear_attn
@@ -333,6 +344,10 @@ class GDNAdapter(FamilyAdapter):
 
     def oracle_kernel(self):
         return naive_gated_delta_rule
+
+    def hf_state(self, call: GDNCall, t: int) -> Tensor:
+        """All heads' states after local position t in the HF cache layout [B, Hv, d_k, d_v] (role order)."""
+        return torch.stack([call.state_at(h, t) for h in range(call.num_heads)], 1)
 
     def out_proj_slice(self, layer: int, head: int) -> Tensor:
         """W_O^h: the columns of ``out_proj`` that read head ``head``'s (normed) output, [d_model, d_v]."""
