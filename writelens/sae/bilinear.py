@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from writelens.sae.base import SAE
 from writelens.sae.init import top_singular_factors, unit_randn
 from writelens.sae.registry import register_architecture
-from writelens.sae.sparse import bilinear_preacts, bilinear_preacts_at, rank_decode
+from writelens.sae.sparse import bilinear_preacts, bilinear_preacts_at, rank_decode, workspace_size
 
 
 @register_architecture("bilinear")
@@ -46,7 +46,15 @@ class BilinearSAE(SAE):
         return self.heads_first(self.enc_k), self.heads_first(self.enc_v), self.heads_first(self.b_enc)
 
     def _preacts(self, states: Float[Tensor, "H B dk dv"]) -> Float[Tensor, "H B F"]:
-        return bilinear_preacts(states, *self._encoder())
+        enc_k, enc_v, b_enc = self._encoder()
+        workspace = None
+        if not torch.is_grad_enabled():
+            size = workspace_size(*enc_k.shape[:2], self.cfg.d_k, self.cfg.d_v)
+            workspace = self.__dict__.get("_forms_workspace")
+            if workspace is None or workspace.numel() < size or workspace.dtype != states.dtype or workspace.device != states.device:
+                workspace = torch.empty(size, dtype=states.dtype, device=states.device)
+                self.__dict__["_forms_workspace"] = workspace  # scratch, not state: never saved
+        return bilinear_preacts(states, enc_k, enc_v, b_enc, workspace=workspace)
 
     def _preacts_at(self, states: Float[Tensor, "H B dk dv"], indices: Int[Tensor, "H B m"]) -> Tensor:
         return bilinear_preacts_at(states, *self._encoder(), indices)

@@ -45,33 +45,64 @@ def gather_features(values: Float[Tensor, "H F"], indices: Int[Tensor, "H B m"])
     return values.gather(1, indices.reshape(n_heads, -1)).reshape(indices.shape)
 
 
+def encoder_forms(
+    enc_k: Float[Tensor, "H F r dk"], enc_v: Float[Tensor, "H F r dv"], out: Tensor | None = None
+) -> Float[Tensor, "H F dk dv"]:
+    """``E_i = sum_r enc_k[i,r] enc_v[i,r]^T`` for every feature (into ``out`` when given)."""
+    n_heads, n_features, rank, d_k = enc_k.shape
+    d_v = enc_v.shape[-1]
+    if rank == 1:
+        keys = enc_k.reshape(n_heads, n_features, d_k, 1)
+        values = enc_v.reshape(n_heads, n_features, 1, d_v)
+        return torch.mul(keys, values) if out is None else torch.mul(keys, values, out=out)
+    keys = enc_k.reshape(n_heads * n_features, rank, d_k).transpose(1, 2)
+    values = enc_v.reshape(n_heads * n_features, rank, d_v)
+    if out is None:
+        return torch.bmm(keys, values).reshape(n_heads, n_features, d_k, d_v)
+    torch.bmm(keys, values, out=out.view(n_heads * n_features, d_k, d_v))
+    return out
+
+
 def bilinear_preacts(
     states: Float[Tensor, "H B dk dv"],
     enc_k: Float[Tensor, "H F r dk"],
     enc_v: Float[Tensor, "H F r dv"],
     b_enc: Float[Tensor, "H F"],
     max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+    workspace: Tensor | None = None,
 ) -> Float[Tensor, "H B F"]:
     """``pre[h, b, i] = sum_r enc_k[h,i,r]^T S[h,b] enc_v[h,i,r] + b_enc[h,i]`` for every feature.
 
     One contraction: the encoder forms ``E_i = sum_r enc_k[i,r] enc_v[i,r]^T`` are built for a chunk of
-    features (at most ``max_chunk_elements`` entries) and applied to vec(S) by one batched matmul.
+    features (at most ``max_chunk_elements`` entries per head) and applied to vec(S) by one batched matmul.
+    ``workspace`` (no gradients only) is a reusable flat buffer for the forms: reusing it avoids
+    re-faulting a large fresh allocation every step, which costs more than filling it.
     """
     n_heads, batch, d_k, d_v = states.shape
     n_features = enc_k.shape[1]
     flat_states = states.reshape(n_heads, batch, d_k * d_v)
-    chunk = max(1, max_chunk_elements // (d_k * d_v))
-    if chunk >= n_features:
-        forms = torch.einsum("hfrk,hfrv->hfkv", enc_k, enc_v).reshape(n_heads, n_features, d_k * d_v)
-        return torch.baddbmm(b_enc[:, None, :], flat_states, forms.transpose(1, 2))
+    chunk = min(n_features, max(1, max_chunk_elements // (d_k * d_v)))
     out = states.new_empty(n_heads, batch, n_features)
     for start in range(0, n_features, chunk):
         stop = min(start + chunk, n_features)
-        forms = torch.einsum("hfrk,hfrv->hfkv", enc_k[:, start:stop], enc_v[:, start:stop])
-        out[:, :, start:stop] = torch.baddbmm(
-            b_enc[:, None, start:stop], flat_states, forms.reshape(n_heads, stop - start, -1).transpose(1, 2)
+        buffer = None
+        if workspace is not None:
+            buffer = workspace[: n_heads * (stop - start) * d_k * d_v].view(n_heads, stop - start, d_k, d_v)
+        forms = encoder_forms(enc_k[:, start:stop], enc_v[:, start:stop], out=buffer)
+        torch.baddbmm(
+            b_enc[:, None, start:stop],
+            flat_states,
+            forms.reshape(n_heads, stop - start, d_k * d_v).transpose(1, 2),
+            out=out[:, :, start:stop] if chunk < n_features else out,
         )
     return out
+
+
+def workspace_size(n_heads: int, n_features: int, d_k: int, d_v: int,
+                   max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS) -> int:
+    """Number of entries :func:`bilinear_preacts` needs in its ``workspace``."""
+    chunk = min(n_features, max(1, max_chunk_elements // (d_k * d_v)))
+    return n_heads * chunk * d_k * d_v
 
 
 def bilinear_preacts_at(
@@ -113,8 +144,11 @@ def rank_decode(
 def flat_preacts(
     flat_states: Float[Tensor, "H B D"], enc: Float[Tensor, "H F D"], b_enc: Float[Tensor, "H F"]
 ) -> Float[Tensor, "H B F"]:
-    """Dense linear encoder on vec(S): ``enc @ vec(S) + b_enc`` for every feature."""
-    return torch.baddbmm(b_enc[:, None, :], flat_states, enc.transpose(1, 2))
+    """Dense linear encoder on vec(S): ``enc @ vec(S) + b_enc`` for every feature.
+
+    Computed as ``enc @ S^T`` so the encoder gradient ``g^T S`` comes out in ``enc``'s own layout (a
+    transposed F x D gradient would cost a large strided copy every step)."""
+    return torch.baddbmm(b_enc[:, :, None], enc, flat_states.transpose(1, 2)).transpose(1, 2)
 
 
 def flat_decode(
