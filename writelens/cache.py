@@ -82,7 +82,7 @@ class WriteCache:
         """The head's kernel output o (before the gated norm and out_proj)."""
         return self.write(layer, head).output
 
-    def state(self, layer: int, head: int, pos: int | Int[Tensor, "B"]) -> Float[Tensor, "B d_k d_v"]:
+    def state(self, layer: int, head: int, pos: int | Int[Tensor, " B"]) -> Float[Tensor, "B d_k d_v"]:
         """Exact state ``S_pos`` after the write at ``pos``; ``pos`` an int, or a LongTensor [B] (one per row)."""
         call = self._call(layer, head)
         if isinstance(pos, Tensor) and pos.ndim == 1:

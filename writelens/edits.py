@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -32,7 +32,7 @@ from torch import Tensor
 from writelens.errors import EditShapeError
 
 Timing = Literal["with_read", "after_read"]
-Rows = Union[int, Sequence[int], None]
+Rows = int | Sequence[int] | None
 
 __all__ = ["Delete", "Replace", "Add", "RandomAtom", "Install", "Edit", "Timing", "edit_positions", "edit_rows"]
 
@@ -74,16 +74,16 @@ class Replace:
     """Replace the native write at ``pos`` by the rank-1 atom ``key ⊗ value`` scaled to Frobenius norm ``scale``.
 
     Args:
-        key: Float[Tensor, "d_k"], the key-side factor (u of an SAE atom).
-        value: Float[Tensor, "d_v"], the value-side factor (w of an SAE atom).
+        key: Float[Tensor, " d_k"], the key-side factor (u of an SAE atom).
+        value: Float[Tensor, " d_v"], the value-side factor (w of an SAE atom).
         scale: the atom's Frobenius norm after replacement; None uses the native write's norm (``matched_norm``).
     """
 
     layer: int
     head: int
     pos: int
-    key: Float[Tensor, "d_k"] = field(repr=False, default=None)
-    value: Float[Tensor, "d_v"] = field(repr=False, default=None)
+    key: Float[Tensor, " d_k"] = field(repr=False, default=None)
+    value: Float[Tensor, " d_v"] = field(repr=False, default=None)
     scale: float | None = None
     batch: Rows = None
     timing: Timing = "with_read"
@@ -104,8 +104,8 @@ class Add:
     head: int
     pos: int
     matrix: Float[Tensor, "d_k d_v"] | None = field(repr=False, default=None)
-    key: Float[Tensor, "d_k"] | None = field(repr=False, default=None)
-    value: Float[Tensor, "d_v"] | None = field(repr=False, default=None)
+    key: Float[Tensor, " d_k"] | None = field(repr=False, default=None)
+    value: Float[Tensor, " d_v"] | None = field(repr=False, default=None)
     scale: float = 1.0
     batch: Rows = None
     timing: Timing = "with_read"
@@ -161,8 +161,8 @@ class Install:
     """Steering install: at each of ``positions`` add ``magnitude · ‖k̂_t ⊗ v_t‖_F · key_t ⊗ value/‖value‖``.
 
     Args:
-        value: Float[Tensor, "d_v"], the value-side direction (e.g. ``W_O^hᵀ W_U[target]``); normalised here.
-        key: Float[Tensor, "d_k"] or None; None uses the native key k̂_t at each install position; a given key is
+        value: Float[Tensor, " d_v"], the value-side direction (e.g. ``W_O^hᵀ W_U[target]``); normalised here.
+        key: Float[Tensor, " d_k"] or None; None uses the native key k̂_t at each install position; a given key is
             normalised.
         magnitude: m, relative to the native (β-free) write norm ‖k̂_t ⊗ v_t‖_F = ‖v_t‖.
     """
@@ -170,8 +170,8 @@ class Install:
     layer: int
     head: int
     positions: tuple[int, ...]
-    value: Float[Tensor, "d_v"] = field(repr=False, default=None)
-    key: Float[Tensor, "d_k"] | None = field(repr=False, default=None)
+    value: Float[Tensor, " d_v"] = field(repr=False, default=None)
+    key: Float[Tensor, " d_k"] | None = field(repr=False, default=None)
     magnitude: float = 3.0
     batch: Rows = None
     timing: Timing = "with_read"
@@ -188,7 +188,7 @@ class Install:
         object.__setattr__(self, "key", _as_vector(self.key, "Install.key"))
 
 
-Edit = Union[Delete, Replace, Add, RandomAtom, Install]
+Edit = Delete | Replace | Add | RandomAtom | Install
 
 
 def edit_positions(edit: Edit) -> tuple[int, ...]:

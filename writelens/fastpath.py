@@ -51,9 +51,7 @@ def _record_inputs(layers: dict[int, torch.nn.Module], store: dict[int, Tensor])
 
 def run_with_prefix_reuse(lens, ids: Tensor, edits: list[Edit]) -> Tensor:
     """Logits [B, T, V] of the edited run, computed by native prefix reuse (see module docstring)."""
-    from transformers import DynamicCache
-
-    adapter, model = lens.adapter, lens.model
+    adapter = lens.adapter
     B, T = ids.shape
     uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)
     per_row: dict[int, list[Edit]] = {}
@@ -68,10 +66,10 @@ def run_with_prefix_reuse(lens, ids: Tensor, edits: list[Edit]) -> Tensor:
     inputs: dict[int, Tensor] = {}
     handles = _record_inputs({i: adapter.layers[i] for i in low_layers}, inputs)
     session = RunSession(capture=frozenset(rec_layers), capture_conv=frozenset(rec_layers))
-    native_cache = DynamicCache(config=model.config)
+    native_cache = adapter.new_cache()
     try:
         with torch.no_grad(), session_scope(session, adapter.layer_modules):
-            native = model(input_ids=uniq, past_key_values=native_cache, use_cache=True).logits
+            native = adapter.forward(uniq, cache=native_cache, use_cache=True).logits
     finally:
         for h in handles:
             h.remove()
@@ -90,13 +88,13 @@ def run_with_prefix_reuse(lens, ids: Tensor, edits: list[Edit]) -> Tensor:
             out = lens.run(ids[group], edits=remapped, _fast=False).logits
             logits[group] = out
             continue
-        cache = _prefix_cache(adapter, model, native_cache, session, src, s0)
+        cache = _prefix_cache(adapter, native_cache, session, src, s0)
         hidden = inputs[low][src, s0:]
         pos_ids = torch.arange(s0, T, device=ids.device)[None].expand(len(group), -1)
         run = RunSession(edits=remapped, start_pos=s0)
         with torch.no_grad(), _short_circuit([adapter.layers[i] for i in range(low)], hidden), \
                 session_scope(run, adapter.layer_modules):
-            out = model(input_ids=ids[group, s0:], past_key_values=cache, use_cache=True, position_ids=pos_ids)
+            out = adapter.forward(ids[group, s0:], cache=cache, use_cache=True, position_ids=pos_ids)
         logits[group, s0:] = out.logits
     return logits
 
@@ -107,11 +105,9 @@ def _remap(edit: Edit, row: int) -> Edit:
     return replace(edit, batch=row)
 
 
-def _prefix_cache(adapter, model, native_cache, session: RunSession, src: Tensor, s0: int):
+def _prefix_cache(adapter, native_cache, session: RunSession, src: Tensor, s0: int):
     """An HF cache holding positions [0, s0) of the native rows ``src``."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
+    cache = adapter.new_cache()
     for i, layer in enumerate(cache.layers):
         if i in adapter.layer_modules:
             if i not in session.calls:
@@ -119,7 +115,7 @@ def _prefix_cache(adapter, model, native_cache, session: RunSession, src: Tensor
             call = session.calls[i][0]
             state = adapter.hf_state(call, s0 - 1)[src]
             conv_in = session.conv_inputs[i][src]  # [n, conv_dim, T]
-            k = adapter.layer_modules[i].conv_kernel_size
+            k = adapter.conv_kernel_size(i)
             hist = conv_in[..., max(0, s0 - k) : s0]
             if hist.shape[-1] < k:
                 hist = torch.nn.functional.pad(hist, (k - hist.shape[-1], 0))

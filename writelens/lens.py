@@ -171,7 +171,8 @@ class WriteLens:
         """
         ids = self._ids(input_ids)
         edits = self._check_edits(edits, *ids.shape)
-        if edits and _fast and not (cache or use_cache or oracle) and attention_mask is None:
+        if (edits and _fast and self.adapter.supports_prefix_reuse and not (cache or use_cache or oracle)
+                and attention_mask is None):
             from writelens.fastpath import run_with_prefix_reuse
 
             logits = run_with_prefix_reuse(self, ids, edits)
@@ -186,13 +187,9 @@ class WriteLens:
             capture = frozenset(self.recurrent_layers if sites is None else [self._site_layer(s) for s in sites])
         session = RunSession(edits=edits, capture=capture,
                              kernel_override=self.adapter.oracle_kernel() if oracle else None)
-        past = None
-        if use_cache:
-            from transformers import DynamicCache
-
-            past = DynamicCache(config=self.model.config)
+        past = self.adapter.new_cache() if use_cache else None
         with torch.no_grad(), session_scope(session, self.adapter.layer_modules):
-            out = self.model(input_ids=ids, attention_mask=attention_mask, past_key_values=past, use_cache=use_cache)
+            out = self.adapter.forward(ids, cache=past, use_cache=use_cache, attention_mask=attention_mask)
         logits = out.logits
         if edits and not torch.isfinite(logits).all():
             raise NonFiniteError(
@@ -223,21 +220,19 @@ class WriteLens:
         ``past_key_values``: an HF cache holding a prefix; it is cloned, never modified, and ``input_ids`` are then the
         tokens after that prefix (positions count from the prefix start). ``oracle``: as in :meth:`run`.
         """
-        from transformers import DynamicCache
-
         ids = self._ids(input_ids)
         B, T = ids.shape
-        past = DynamicCache(config=self.model.config) if past_key_values is None else clone_cache(past_key_values)
-        start = past.get_seq_length() if past_key_values is not None else 0
+        past = self.adapter.new_cache() if past_key_values is None else clone_cache(past_key_values)
+        start = self.adapter.cache_length(past) if past_key_values is not None else 0
         edits = self._check_edits(edits, B, start + T + max_new_tokens)
         gen = torch.Generator(device="cpu").manual_seed(int(seed)) if seed is not None else None
         new_tokens, step_logits = [], []
         chunk, pos = ids, start
-        for step in range(max_new_tokens):
+        for _ in range(max_new_tokens):
             session = RunSession(edits=edits, start_pos=pos,
                                  kernel_override=self.adapter.oracle_kernel() if oracle else None)
             with torch.no_grad(), session_scope(session, self.adapter.layer_modules):
-                out = self.model(input_ids=chunk, past_key_values=past, use_cache=True)
+                out = self.adapter.forward(chunk, cache=past, use_cache=True)
             logits = out.logits[:, -1].float()
             if not torch.isfinite(logits).all():
                 raise NonFiniteError("Generation produced NaN/inf logits; an edit's magnitude is probably enormous.")
@@ -278,13 +273,10 @@ class WriteLens:
                 f"Recurrent layers {missing} never called the gated-delta-rule kernel writelens intercepts; this "
                 "transformers version changed the layer's forward. Install a tested transformers (5.x) or report it."
             )
-        oracle = self.adapter.oracle_kernel()
         dtype = next(self.model.parameters()).dtype
         tol = 1e-3 if dtype == torch.float32 else 5e-2
         for layer, call in out.cache._calls.items():
-            ref, _ = oracle(call.query, call.key, call.value, call.g, call.beta, initial_state=call.initial_state)
-            got = call.output.float()
-            err = ((got - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6)).item()
+            err = self.adapter.check_call(call)
             if not err <= tol:
                 raise SelfCheckError(
                     f"Layer {layer}: the captured q/k/v/g/beta do not reproduce the kernel output (relative error "

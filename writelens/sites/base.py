@@ -242,9 +242,17 @@ def session_scope(session: RunSession, layer_modules: dict[int, nn.Module]) -> I
 
 
 class FamilyAdapter(ABC):
-    """Binds writelens to one architecture family of live HF models."""
+    """Binds writelens to one architecture family of live HF models.
+
+    A new family is one file in ``writelens/sites/`` defining a :class:`RecurrentCall` subclass (write, read,
+    exact propagation, states), an interceptor for the family's kernel, and an adapter registered with
+    :func:`register_family`. The defaults below fit HF models that take ``past_key_values`` and keep recurrent
+    layers in a ``DynamicCache``; override them otherwise.
+    """
 
     family: ClassVar[str]
+    #: whether edited runs may continue from a cache built at the first edit (see ``writelens.fastpath``)
+    supports_prefix_reuse: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -256,8 +264,13 @@ class FamilyAdapter(ABC):
 
     @property
     @abstractmethod
+    def layers(self) -> Any:
+        """Every decoder layer (recurrent or not), indexed by the model's own layer index."""
+
+    @property
+    @abstractmethod
     def layer_modules(self) -> dict[int, nn.Module]:
-        """Model layer index → the recurrent mixer module of that layer."""
+        """Model layer index → the recurrent mixer module of that layer (hooked to know the current layer)."""
 
     @property
     @abstractmethod
@@ -265,9 +278,9 @@ class FamilyAdapter(ABC):
         """Every (layer, head) write site, in layer then head order."""
 
     @property
-    @abstractmethod
     def num_layers(self) -> int:
         """All decoder layers (recurrent and not)."""
+        return len(self.layers)
 
     @abstractmethod
     def install(self) -> None:
@@ -275,7 +288,40 @@ class FamilyAdapter(ABC):
 
     @abstractmethod
     def oracle_kernel(self) -> Any:
-        """The float64 per-token reference kernel with the same signature as the intercepted kernel."""
+        """The float64 per-token reference kernel, a drop-in for the intercepted kernel that also takes
+        ``injections`` and ``offset``."""
+
+    @abstractmethod
+    def check_call(self, call: RecurrentCall) -> float:
+        """Relative error between the oracle on a captured call's arguments and the kernel's own output."""
+
+    @abstractmethod
+    def hf_state(self, call: RecurrentCall, t: int) -> Tensor:
+        """All heads' states after local position t, in the layout the HF cache stores."""
+
+    def conv_kernel_size(self, layer: int) -> int:
+        """Width of the layer's causal conv (its cache keeps that many pre-conv columns)."""
+        return int(self.layer_modules[layer].conv_kernel_size)
+
+    def new_cache(self) -> Any:
+        """An empty HF cache for this model."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def cache_length(self, cache: Any) -> int:
+        """How many tokens an HF cache holds."""
+        return int(cache.get_seq_length())
+
+    def forward(self, input_ids: Tensor, cache: Any = None, use_cache: bool = False,
+                position_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Any:
+        """Call the model; returns its output (with ``.logits``)."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "past_key_values": cache, "use_cache": use_cache}
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        return self.model(**kwargs)
 
 
 _FAMILIES: list[type[FamilyAdapter]] = []

@@ -278,7 +278,7 @@ def _install_module(module: Any) -> dict[str, DeviceDispatch]:
     if getattr(module, "_writelens_kernels", None) is not None:
         return module._writelens_kernels
     kernels = {role: DeviceDispatch(getattr(module, name)) for role, name in _KERNEL_NAMES.items()}
-    for role, name in _KERNEL_NAMES.items():
+    for name in _KERNEL_NAMES.values():
         setattr(module, name, GDNInterceptor(getattr(module, name), kernels))
     if hasattr(module, "causal_conv1d_fn"):
         module.causal_conv1d_fn = ConvCapture(module.causal_conv1d_fn)
@@ -313,11 +313,11 @@ class GDNAdapter(FamilyAdapter):
         super().__init__(model)
         self.decoder = _decoder(model)
         self.text_config = model.config.get_text_config(decoder=True)
-        self.layers = self.decoder.layers  # every decoder layer (recurrent or not), by model index
+        self._layers = self.decoder.layers
         types = list(getattr(self.text_config, "layer_types", None) or [])
         self._modules = {
             i: layer.linear_attn
-            for i, layer in enumerate(self.layers)
+            for i, layer in enumerate(self._layers)
             if (types[i] == "linear_attention" if types else hasattr(layer, "linear_attn"))
         }
         first = next(iter(self._modules.values()))
@@ -330,8 +330,8 @@ class GDNAdapter(FamilyAdapter):
         return self._modules
 
     @property
-    def num_layers(self) -> int:
-        return len(self.layers)
+    def layers(self):
+        return self._layers
 
     @property
     def sites(self) -> list[Site]:
@@ -344,6 +344,13 @@ class GDNAdapter(FamilyAdapter):
 
     def oracle_kernel(self):
         return naive_gated_delta_rule
+
+    def check_call(self, call: GDNCall) -> float:
+        ref, _ = naive_gated_delta_rule(call.query, call.key, call.value, call.g, call.beta,
+                                        initial_state=call.initial_state, injections=call.injections,
+                                        offset=call.offset)
+        ref = ref.float()
+        return ((call.output.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
 
     def hf_state(self, call: GDNCall, t: int) -> Tensor:
         """All heads' states after local position t in the HF cache layout [B, Hv, d_k, d_v] (role order)."""
