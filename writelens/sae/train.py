@@ -1,0 +1,348 @@
+"""The SAE trainer: fused Adam, warmup + cosine schedule, AuxK, decoder constraints, resampling, seeded data
+order, JSONL logs, safetensors checkpoints and exact resumption, and DDP under ``torchrun``.
+
+    sae = BilinearSAE(d_k=128, d_v=128, n_features=2048, k=32, n_heads=16)   # a dictionary per head
+    data = StateDataset.from_shards("states/", layer=9, heads=range(16))
+    result = train_sae(sae, data, TrainConfig(steps=2000), out_dir="runs/L9")
+
+Resuming: calling it again with the same ``out_dir`` continues the same run (same data order, optimizer and
+RNG state) from the last checkpoint; the result equals an uninterrupted run. Under ``torchrun`` with an
+initialised process group every rank takes its share of each global batch; gradients are averaged by DDP
+and firing statistics all-reduced, so every rank holds identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from writelens.errors import CheckpointError, SAEConfigError
+from writelens.sae.base import SAE
+from writelens.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from writelens.sae.config import Objective
+from writelens.sae.data import StateDataset
+from writelens.sae.io import atomic_write_bytes, save_sae
+from writelens.sae.metrics import EvalMetrics, evaluate_sae
+from writelens.sae.resample import resample_dead_features
+
+RESUMABLE_CHANGES = {"progress", "device", "wandb_project", "eval_batch_size"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved as ``train_cfg.json`` and in every checkpoint).
+
+    Attributes:
+        lr, lr_min: peak learning rate and the floor of the cosine decay.
+        warmup_steps: linear warmup from lr/warmup to lr (then cosine to ``lr_min`` at the last step).
+        batch_size: global batch (split evenly across DDP ranks).
+        steps / epochs: length of the run (``steps`` wins; default 20 epochs of the training split).
+        seed: SAE init (when the trainer builds nothing, only data order and resampling), split, data order.
+        val_fraction: share of *sequences* held out when no ``val_data`` is given (0: no validation).
+        log_every / eval_every / checkpoint_every: cadences in steps (eval default: once per epoch;
+            checkpoint default: at every eval). ``keep_checkpoints`` most recent are kept.
+        lambda_aux, k_aux, dead_window: AuxK weight (1/32, Gao et al.), its feature count, and the number
+            of steps without firing after which a feature counts as dead.
+        lambda_sparsity: JumpReLU's L0 penalty weight.
+        renorm_every: set decoder factors to unit norm every this many steps (0: never).
+        project_decoder_grads: remove the gradient component parallel to each decoder factor.
+        resample_every: resample dead features every this many steps (None: never).
+        adam_betas, adam_eps: Adam settings (no weight decay; fused Adam where available).
+        eval_batch_size, device, wandb_project (log to wandb if installed), progress (tqdm bar).
+    """
+
+    lr: float = 3e-4
+    lr_min: float = 3e-5
+    warmup_steps: int = 50
+    batch_size: int = 256
+    steps: int | None = None
+    epochs: float | None = None
+    seed: int = 42
+    val_fraction: float = 0.2
+    log_every: int = 50
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    lambda_aux: float = 1.0 / 32.0
+    k_aux: int = 256
+    dead_window: int = 100
+    lambda_sparsity: float = 1e-3
+    renorm_every: int = 1
+    project_decoder_grads: bool = True
+    resample_every: int | None = None
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    eval_batch_size: int = 1024
+    device: str = "cpu"
+    wandb_project: str | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "adam_betas": list(self.adam_betas)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"train config has unknown fields {unknown}; it was written by another writelens.")
+        return cls(**{**data, "adam_betas": tuple(data.get("adam_betas", (0.9, 0.999)))})
+
+    @property
+    def objective(self) -> Objective:
+        return Objective(self.lambda_aux, self.k_aux, self.dead_window, self.lambda_sparsity)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_sae` returns. ``history`` holds the logged records (also in ``train_log.jsonl``)."""
+
+    sae: SAE
+    steps: int
+    final_val: EvalMetrics | None
+    best_val: EvalMetrics | None
+    history: list[dict[str, Any]]
+    out_dir: Path | None
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warmup over ``warmup_steps`` (never 0), then cosine decay to ``lr_min`` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(total_steps - 1 - cfg.warmup_steps, 1)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _make_adam(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+
+
+class Trainer:
+    """Trains one (possibly stacked) SAE. See :func:`train_sae` and the module doc."""
+
+    def __init__(self, sae: SAE, train_data: StateDataset, cfg: TrainConfig | None = None, *,
+                 val_data: StateDataset | None = None, out_dir: str | Path | None = None, resume: bool = True,
+                 callbacks: Sequence[Callable[[Trainer], None]] = ()) -> None:
+        self.cfg = cfg = cfg or TrainConfig()
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        if cfg.batch_size % self.world_size:
+            raise SAEConfigError(f"batch_size {cfg.batch_size} is not divisible by the {self.world_size} ranks.")
+        if val_data is None and cfg.val_fraction > 0:
+            train_data, val_data = train_data.split(cfg.val_fraction, cfg.seed)
+        self.train_data, self.val_data = train_data, val_data
+        expected = (*sae.head_shape, sae.cfg.d_k, sae.cfg.d_v)
+        if train_data.state_shape != expected:
+            raise SAEConfigError(
+                f"the data holds states shaped {train_data.state_shape} but the SAE expects {expected}; build a "
+                "stacked SAE (n_heads) for several heads, or load one head."
+            )
+        self.sae = sae.to(cfg.device)
+        self.device = torch.device(cfg.device)
+        self.optimizer = _make_adam(self.sae.parameters(), cfg)
+        per_epoch = train_data.batches_per_epoch(cfg.batch_size)
+        if per_epoch == 0:
+            raise SAEConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train_data)} training states.")
+        self.batches_per_epoch = per_epoch
+        self.total_steps = cfg.steps if cfg.steps is not None else math.ceil((cfg.epochs or 20) * per_epoch)
+        self.eval_every = cfg.eval_every or per_epoch
+        self.checkpoint_every = cfg.checkpoint_every or self.eval_every
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.callbacks = list(callbacks)
+        self.step = 0
+        self.resampled_since_log = 0
+        self.best_val_mse = math.inf
+        self.best_val: EvalMetrics | None = None
+        self.history: list[dict[str, Any]] = []
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if sae.cfg.center and not bool(sae.mean.abs().sum() > 0):
+            sae.set_mean(train_data.mean())
+        if self.out_dir is not None:
+            self._prepare_out_dir(resume)
+        self.sae.sync_statistics = self.distributed
+        self.model = self.sae
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(self.sae, broadcast_buffers=False)
+
+    # ---- run directory, resume -----------------------------------------------------------------------------
+
+    def _prepare_out_dir(self, resume: bool) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.out_dir / "train_cfg.json"
+        folder = latest_checkpoint(self.out_dir / "checkpoints") if resume else None
+        if folder is not None:
+            state, rng = load_checkpoint(folder, self.sae, self.optimizer)
+            saved = TrainConfig.from_dict(state["train_cfg"])
+            changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(self.cfg, f.name)]
+            if set(changed) - RESUMABLE_CHANGES:
+                raise CheckpointError(
+                    f"{self.out_dir} holds a run with another TrainConfig (fields {sorted(set(changed) - RESUMABLE_CHANGES)} "
+                    "differ); resume it with the same config, use a fresh out_dir, or pass resume=False."
+                )
+            self.step = state["step"]
+            self.best_val_mse = state.get("best_val_mse", math.inf)
+            self.resampled_since_log = state.get("resampled_since_log", 0)
+            self.generator.set_state(rng["trainer_generator"])
+            torch.set_rng_state(rng["torch_cpu"])
+        if self.rank == 0:
+            atomic_write_bytes(cfg_path, json.dumps(self.cfg.to_dict(), indent=2).encode())
+            self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log records past the resumed step, so the log equals an uninterrupted run's."""
+        path = self.out_dir / "train_log.jsonl"
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
+        atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+        self.history = [json.loads(line) for line in kept]
+
+    def save_checkpoint(self) -> Path | None:
+        if self.out_dir is None or self.rank != 0:
+            return None
+        state = {"train_cfg": self.cfg.to_dict(), "best_val_mse": self.best_val_mse,
+                 "resampled_since_log": self.resampled_since_log}
+        rng = {"trainer_generator": self.generator.get_state(), "torch_cpu": torch.get_rng_state()}
+        return save_checkpoint(self.out_dir / "checkpoints", self.step, self.sae, self.optimizer, state, rng,
+                               keep=self.cfg.keep_checkpoints)
+
+    # ---- one step ------------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, Any] | None:
+        """One optimizer step on the next batch; returns the log record when this step is logged."""
+        cfg, step = self.cfg, self.step
+        batch = self.train_data.batch(step, cfg.batch_size, cfg.seed, self.rank, self.world_size).to(self.device)
+        self.model.train()
+        out = self.model(batch, cfg.objective)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.losses.total.backward()
+        if cfg.project_decoder_grads:
+            self.sae.project_decoder_grads()
+        lr = lr_at(step, cfg, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        if cfg.renorm_every and (step + 1) % cfg.renorm_every == 0:
+            self.sae.normalize_decoder()
+        if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
+            full_batch = self.train_data.batch(step, cfg.batch_size, cfg.seed).to(self.device)
+            self.resampled_since_log += resample_dead_features(
+                self.sae, full_batch, self.optimizer, self.generator, cfg.dead_window
+            )
+        self.step += 1
+        if self.step % cfg.log_every and self.step != self.total_steps:
+            return None
+        record = self._record(batch, out, lr, self.resampled_since_log)
+        self.resampled_since_log = 0
+        return record
+
+    @torch.no_grad()
+    def _record(self, batch, out, lr: float, resampled: int) -> dict[str, Any]:
+        x = batch.double().reshape(batch.shape[0], -1)
+        err = (out.recon.double().reshape_as(x) - x).pow(2).sum()
+        variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-300)
+        return {
+            "step": self.step,
+            "epoch": self.step / self.batches_per_epoch,
+            "lr": lr,
+            "loss": float(out.losses.total),
+            "mse": float(out.losses.mse.mean()),
+            "aux": float(out.losses.aux.mean()),
+            "sparsity": float(out.losses.sparsity.mean()),
+            "nmse": float(err / x.pow(2).sum().clamp_min(1e-300)),
+            "fve": float(1 - err / variance),
+            "l0": float((out.codes > 0).sum(-1).double().mean()),
+            "dead_fraction": float(self.sae.dead_mask(self.cfg.dead_window).double().mean()),
+            "resampled": resampled,
+        }
+
+    def evaluate(self) -> EvalMetrics | None:
+        if self.val_data is None or len(self.val_data) == 0:
+            return None
+        return evaluate_sae(self.sae, self.val_data, self.cfg.eval_batch_size, self.device)
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+
+    def run(self, until_step: int | None = None) -> TrainResult:
+        """Train to ``total_steps`` (or stop after ``until_step``, checkpointing there)."""
+        stop = min(self.total_steps, until_step) if until_step is not None else self.total_steps
+        wandb = self._start_wandb()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress or self.rank != 0,
+                   desc=f"{self.sae.cfg.architecture} SAE")
+        final_val = None
+        started, start_step = time.perf_counter(), self.step
+        while self.step < stop:
+            record = self.train_step()
+            bar.update(1)
+            if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                final_val = self._evaluate_and_keep_best(record)
+            if record is not None and self.rank == 0:
+                record["states_per_s"] = (self.step - start_step) * self.cfg.batch_size / (time.perf_counter() - started)
+                self._log(record, wandb)
+                bar.set_postfix(mse=f"{record['mse']:.3e}", fve=f"{record['fve']:.3f}", l0=f"{record['l0']:.1f}")
+            if self.step % self.checkpoint_every == 0 or self.step == stop:
+                self.save_checkpoint()
+            for callback in self.callbacks:
+                callback(self)
+        bar.close()
+        if self.step == self.total_steps and self.out_dir is not None and self.rank == 0:
+            save_sae(self.sae, self.out_dir / "final")
+        if wandb is not None:
+            wandb.finish()
+        return TrainResult(self.sae, self.step, final_val, self.best_val, self.history, self.out_dir)
+
+    def _evaluate_and_keep_best(self, record: dict[str, Any] | None) -> EvalMetrics | None:
+        if self.rank != 0:
+            return None
+        metrics = self.evaluate()
+        if metrics is None:
+            return None
+        if record is not None:
+            record.update(metrics.to_dict("val_"))
+        else:
+            self._log({"step": self.step, **metrics.to_dict("val_")}, None)
+        if metrics.mse < self.best_val_mse:
+            self.best_val_mse, self.best_val = metrics.mse, metrics
+            if self.out_dir is not None:
+                save_sae(self.sae, self.out_dir / "best")
+        return metrics
+
+    def _log(self, record: dict[str, Any], wandb) -> None:
+        self.history.append(record)
+        if self.out_dir is not None:
+            with open(self.out_dir / "train_log.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if wandb is not None:
+            wandb.log(record, step=record["step"])
+
+    def _start_wandb(self):
+        if not self.cfg.wandb_project or self.rank != 0:
+            return None
+        try:
+            import wandb
+        except ImportError:
+            return None
+        wandb.init(project=self.cfg.wandb_project, config={"train": self.cfg.to_dict(), "sae": self.sae.cfg.to_dict()})
+        return wandb
+
+
+def train_sae(sae: SAE, train_data: StateDataset, cfg: TrainConfig | None = None, *, val_data: StateDataset | None = None,
+              out_dir: str | Path | None = None, resume: bool = True,
+              callbacks: Sequence[Callable[[Trainer], None]] = ()) -> TrainResult:
+    """Train ``sae`` on ``train_data`` (see :class:`Trainer`); resumes from ``out_dir`` when it holds a run."""
+    return Trainer(sae, train_data, cfg, val_data=val_data, out_dir=out_dir, resume=resume, callbacks=callbacks).run()
