@@ -7,7 +7,7 @@ import functools
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _qwen35(layers: int, hk: int, hv: int, d: int, seed: int):
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
@@ -37,7 +37,7 @@ def qwen35(layers: int = 4, hk: int = 2, hv: int = 2, d: int = 16, seed: int = 0
     return _qwen35(layers, hk, hv, d, seed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def qwen3_next(seed: int = 0):
     from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
@@ -55,3 +55,23 @@ def qwen3_next(seed: int = 0):
 def ids(batch: int = 2, length: int = 40, vocab: int = 128, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (batch, length), generator=g)
+
+
+@functools.lru_cache(maxsize=None)
+def qwen35_vlm(seed: int = 0):
+    """Qwen3_5ForConditionalGeneration (vision tower + text model); writelens uses its text part."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    text = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, linear_num_key_heads=1, linear_num_value_heads=2,
+                linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4)
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                  temporal_patch_size=1, spatial_merge_size=1)
+    torch.manual_seed(seed)
+    model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=vision)).eval()
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            if hasattr(layer, "linear_attn"):
+                layer.linear_attn.dt_bias.normal_(0.0, 1.0)
+                layer.linear_attn.A_log.uniform_(-2.0, 0.5)
+    return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,10 @@ class WriteLens:
 
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **hf_kwargs).eval()
         tok = None
+        local = Path(str(name_or_path))
+        tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+        if local.is_dir() and not any((local / f).exists() for f in tokenizer_files):
+            tokenizer = False  # a local folder without tokenizer files: none to load
         if tokenizer:
             try:
                 tok = AutoTokenizer.from_pretrained(name_or_path)
