@@ -75,3 +75,15 @@ def qwen35_vlm(seed: int = 0):
                 layer.linear_attn.dt_bias.normal_(0.0, 1.0)
                 layer.linear_attn.A_log.uniform_(-2.0, 0.5)
     return model
+
+
+def word_tokenizer(vocab: int = 128):
+    """An offline word-level tokenizer over ``w3 … w{vocab-1}`` (ids = the number), for nnsight's LanguageModel."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<pad>": 0, "<eos>": 1, "<bos>": 2, **{f"w{i}": i for i in range(3, vocab)}}
+    tk = Tokenizer(models.WordLevel(vocab=words, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<pad>")

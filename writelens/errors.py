@@ -60,6 +60,10 @@ class NonFiniteError(WriteLensError, FloatingPointError):
     """NaN or inf appeared in an edited run (usually an edit of enormous magnitude)."""
 
 
+class MissingTokenizerError(WriteLensError, ValueError):
+    """An operation needs a tokenizer (strings in, nnsight's traced generation) and the lens has none."""
+
+
 class SiteNotCapturedError(WriteLensError, KeyError):
     """A cache was asked for a site that the run did not capture (``sites=`` excluded it)."""
 

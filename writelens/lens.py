@@ -17,6 +17,7 @@ from writelens.edits import Edit, edit_positions, edit_rows
 from writelens.errors import (
     BatchRowOutOfRangeError,
     EditShapeError,
+    MissingTokenizerError,
     NonFiniteError,
     NotRecurrentLayerError,
     PositionOutOfRangeError,
@@ -262,6 +263,64 @@ class WriteLens:
         return torch.multinomial(probs, 1, generator=gen).flatten().to(logits.device)
 
     clone_cache = staticmethod(clone_cache)
+
+    # ---- nnsight tracing ------------------------------------------------------------------------------------------
+
+    @property
+    def nnsight(self) -> Any:
+        """An nnsight wrapper of the same HF model, with the write-site points armed: ``LanguageModel`` when
+        ``lens.tokenizer`` is set (string prompts and traced generation), else ``NNsight`` (token-id tensors).
+
+        Traced generation: ``with lens.nnsight.generate(ids, max_new_tokens=n) as tracer:`` then
+        ``for step in tracer.iter[:n]:`` — the prefill runs the chunk kernel, each later step the recurrent kernel,
+        and the points fire at both (nnsight must see the ``with`` in your code, so call it directly).
+        """
+        self.arm_trace_points(True)
+        if getattr(self, "_nnsight", None) is None:
+            if self.tokenizer is not None:
+                from nnsight import LanguageModel
+
+                self._nnsight = LanguageModel(self.model, tokenizer=self.tokenizer)
+            else:
+                from nnsight import NNsight
+
+                self._nnsight = NNsight(self.model)
+        return self._nnsight
+
+    def require_tokenizer(self, what: str) -> Any:
+        """``lens.tokenizer``, or :class:`MissingTokenizerError` naming ``what`` needed it."""
+        if self.tokenizer is None:
+            raise MissingTokenizerError(
+                f"{what} needs a tokenizer; create the lens with WriteLens(model, tokenizer=tok) or "
+                "WriteLens.from_pretrained(path) on a folder that has one."
+            )
+        return self.tokenizer
+
+    def arm_trace_points(self, armed: bool = True) -> None:
+        """Make the recurrent layers call their ``write_sites`` points (``lens.trace`` does this for you; a plain
+        ``nnsight.LanguageModel`` over the same HF model needs it once). Disarmed runs pay nothing."""
+        for module in self.adapter.layer_modules.values():
+            module.write_sites.armed = armed
+
+    def trace(self, *inputs: Any, **kwargs: Any) -> Any:
+        """``with lens.trace(input_ids) as tracer:`` — nnsight's trace with the write-site points armed.
+
+        Inside, ``lens.points(layer)`` is the layer's ``write_sites`` envoy: ``.query``, ``.key``, ``.value``,
+        ``.beta``, ``.gate``, ``.write``, ``.read`` (the head output o), ``.state`` each have ``.output`` to read (``.save()``) or
+        assign (heads on axis 2). Request them in that order within a layer, and layers in model order.
+        """
+        self.arm_trace_points(True)
+        return self.nnsight.trace(*inputs, **kwargs)
+
+    def points(self, layer: int) -> Any:
+        """The nnsight envoy of layer ``layer``'s write sites (use inside ``lens.trace``)."""
+        self._check_site(layer, 0)
+        target = self.adapter.layer_modules[layer].write_sites
+        path = next(name for name, mod in self.model.named_modules() if mod is target)
+        envoy = self.nnsight
+        for part in path.split("."):
+            envoy = getattr(envoy, part)
+        return envoy
 
     # ---- self-check -----------------------------------------------------------------------------------------------
 

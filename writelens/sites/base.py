@@ -197,7 +197,6 @@ class RunSession:
     capture: frozenset[int] = frozenset()
     start_pos: int = 0
     kernel_override: Any = None
-    current_layer: int | None = None
     calls: dict[int, list[RecurrentCall]] = field(default_factory=dict)
     injections: dict[int, list[Injection]] = field(default_factory=dict)
     positions: dict[int, int] = field(default_factory=dict)
@@ -207,35 +206,56 @@ class RunSession:
     def edits_for(self, layer: int) -> list[Edit]:
         return [e for e in self.edits if e.layer == layer]
 
+    @property
+    def current_layer(self) -> int | None:
+        """The recurrent layer whose forward is running now (None between layers)."""
+        return current_layer()
+
 
 def active_session() -> RunSession | None:
     return _ACTIVE.get()
 
 
+_CURRENT: contextvars.ContextVar[tuple[int, nn.Module] | None] = contextvars.ContextVar("writelens_layer", default=None)
+
+
+def track_layers(layer_modules: dict[int, nn.Module]) -> None:
+    """Register (once per module, permanently) forward pre/post hooks that tell the kernel interceptors which
+    recurrent layer is running. The hooks only set a context variable; they change no computation."""
+    for idx, mod in layer_modules.items():
+        if getattr(mod, "_writelens_layer", None) is not None:
+            continue
+        mod._writelens_layer = idx
+
+        def enter(module, args, idx=idx):
+            _CURRENT.set((idx, module))
+
+        def leave(module, args, output):
+            _CURRENT.set(None)
+
+        mod.register_forward_pre_hook(enter)
+        mod.register_forward_hook(leave)
+
+
+def current_layer() -> int | None:
+    cur = _CURRENT.get()
+    return None if cur is None else cur[0]
+
+
+def current_module() -> nn.Module | None:
+    cur = _CURRENT.get()
+    return None if cur is None else cur[1]
+
+
 @contextlib.contextmanager
 def session_scope(session: RunSession, layer_modules: dict[int, nn.Module]) -> Iterator[RunSession]:
-    """Activate ``session`` and keep ``session.current_layer`` up to date with forward pre/post hooks."""
-
-    def enter(idx: int):
-        def hook(module, args, kwargs=None):
-            session.current_layer = idx
-
-        return hook
-
-    def leave(module, args, output):
-        session.current_layer = None
-
-    handles = []
-    for idx, mod in layer_modules.items():
-        handles.append(mod.register_forward_pre_hook(enter(idx)))
-        handles.append(mod.register_forward_hook(leave))
+    """Activate ``session`` for the forward passes run inside the block."""
+    track_layers(layer_modules)
     token = _ACTIVE.set(session)
     try:
         yield session
     finally:
         _ACTIVE.reset(token)
-        for h in handles:
-            h.remove()
 
 
 # ---- adapters and registry ---------------------------------------------------------------------------------------

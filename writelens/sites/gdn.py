@@ -31,8 +31,11 @@ from writelens.sites.base import (
     Site,
     WriteFactors,
     active_session,
+    current_layer,
+    current_module,
     register_family,
 )
+from writelens.sites.points import WriteSites, attach, changed
 from writelens.sites.gdn_oracle import l2norm, naive_gated_delta_rule
 
 CHUNK = 64  # boundary spacing of cached states, and the HF/fla chunk size
@@ -63,8 +66,9 @@ class ConvCapture(DeviceDispatch):
 
     def __call__(self, hidden_states, *args, **kwargs):
         session = active_session()
-        if session is not None and session.current_layer in session.capture_conv:
-            session.conv_inputs[session.current_layer] = hidden_states.detach()
+        layer = current_layer()
+        if session is not None and layer in session.capture_conv:
+            session.conv_inputs[layer] = hidden_states.detach()
         return self.pick(hidden_states)(hidden_states, *args, **kwargs)
 
 
@@ -75,8 +79,10 @@ class GDNCall(RecurrentCall):
     None; ``chunk_kernel`` / ``step_kernel``: the model's kernels used for exact propagation and state recompute.
     """
 
-    def __init__(self, query, key, value, g, beta, initial_state, offset, chunk_kernel, step_kernel):
+    def __init__(self, query, key, value, g, beta, initial_state, offset, chunk_kernel, step_kernel,
+                 prenormalized: bool = False):
         self.query, self.key, self.value, self.g, self.beta = query, key, value, g, beta
+        self.prenormalized = prenormalized  # q, k already unit (trace points assigned): the kernel must not renormalise
         self.initial_state = initial_state
         self.offset = offset
         self.chunk_kernel, self.step_kernel = chunk_kernel, step_kernel
@@ -93,23 +99,26 @@ class GDNCall(RecurrentCall):
     def kh(self, head: int) -> int:
         return head // self.rep
 
+    def unit(self, x: Tensor) -> Tensor:
+        return x.float() if self.prenormalized else l2norm(x.float())
+
     def write_factors(self, rows: Tensor, head: int, t: int):
-        key = l2norm(self.key[rows, t, self.kh(head)].float())
+        key = self.unit(self.key[rows, t, self.kh(head)])
         return key, self.value[rows, t, head].float(), self.beta[rows, t, head].float()
 
     def read_vector(self, rows: Tensor, head: int, t: int):
-        return l2norm(self.query[rows, t, self.kh(head)].float()), self.scale
+        return self.unit(self.query[rows, t, self.kh(head)]), self.scale
 
     def factors(self, head: int) -> WriteFactors:
         kh = self.kh(head)
         g = self.g[:, :, head].float()
         return WriteFactors(
-            key=l2norm(self.key[:, :, kh].float()),
+            key=self.unit(self.key[:, :, kh]),
             value=self.value[:, :, head].float(),
             beta=self.beta[:, :, head].float(),
             g=g,
             alpha=g.exp(),
-            query=l2norm(self.query[:, :, kh].float()),
+            query=self.unit(self.query[:, :, kh]),
             scale=self.scale,
             output=self.output[:, :, head].float(),
         )
@@ -130,7 +139,7 @@ class GDNCall(RecurrentCall):
         kernel = self.step_kernel if t1 - t0 <= 4 else self.chunk_kernel
         o, state = kernel(
             q, k, v, g=g, beta=beta, initial_state=initial.float().contiguous(),
-            output_final_state=True, use_qk_l2norm_in_kernel=True,
+            output_final_state=True, use_qk_l2norm_in_kernel=not self.prenormalized,
         )
         return o.float(), state.float()
 
@@ -222,7 +231,10 @@ class GDNInterceptor:
                  use_qk_l2norm_in_kernel=False, **kwargs):
         session = active_session()
         impl = self.dispatch.pick(query)
-        if session is None or session.current_layer is None:
+        layer = current_layer()
+        sites = getattr(current_module(), "write_sites", None)
+        sites = sites if isinstance(sites, WriteSites) and sites.armed else None
+        if layer is None or (session is None and sites is None):
             return impl(query, key, value, g=g, beta=beta, initial_state=initial_state,
                         output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
                         **kwargs)
@@ -231,28 +243,58 @@ class GDNInterceptor:
                 "This layer calls the gated delta rule with use_qk_l2norm_in_kernel=False; writelens supports the "
                 "Qwen3.5 / Qwen3-Next convention (q, k normalised inside the kernel). Report the model class."
             )
-        return _handle_call(session, self.kernels, query, key, value, g, beta, initial_state, output_final_state,
-                            impl, kwargs)
+        return _handle_call(session or RunSession(), layer, sites, self.kernels, query, key, value, g, beta,
+                            initial_state, output_final_state, impl, kwargs)
 
 
-def _handle_call(session: RunSession, kernels, query, key, value, g, beta, initial_state, output_final_state,
-                 impl, kwargs):
-    layer = session.current_layer
+def _input_points(sites: WriteSites, query, key, value, g, beta):
+    """Call the input trace points; returns the (possibly assigned) kernel inputs and whether any changed."""
+    rep = value.shape[2] // key.shape[2]
+    given = {
+        "query": l2norm(query.float()).repeat_interleave(rep, 2),
+        "key": l2norm(key.float()).repeat_interleave(rep, 2),
+        "value": value.clone(),  # the model's value is a view of a split; points get their own tensors
+        "beta": beta.clone(),
+        "gate": g.clone(),
+    }
+    new, any_changed = {}, False
+    for name, x in given.items():
+        version = x._version
+        new[name] = getattr(sites, name)(x)
+        any_changed |= changed(x, version, new[name])
+    write = (new["key"], new["value"], new["beta"])
+    versions = [t._version for t in write]
+    written = sites.write(write)
+    if written is not write or any(t._version != v for t, v in zip(written, versions)):
+        any_changed = True
+        new["key"], new["value"], new["beta"] = written
+    if not any_changed:
+        return query, key, value, g, beta, False
+    cast = (lambda t, like: t.to(like.dtype))
+    return (cast(new["query"], query), cast(new["key"], key), cast(new["value"], value), new["gate"],
+            cast(new["beta"], beta), True)
+
+
+def _handle_call(session: RunSession, layer: int, sites: WriteSites | None, kernels, query, key, value, g, beta,
+                 initial_state, output_final_state, impl, kwargs):
+    prenorm = False
+    if sites is not None:
+        query, key, value, g, beta, prenorm = _input_points(sites, query, key, value, g, beta)
     offset = session.positions.get(layer, session.start_pos)
     captured = layer in session.capture
     init = initial_state.detach().clone() if (captured and initial_state is not None) else initial_state
     chunk = kernels["chunk"].pick(query)
     step = kernels["step"].pick(query)
-    call = GDNCall(query, key, value, g, beta, init, offset, chunk, step)
+    call = GDNCall(query, key, value, g, beta, init, offset, chunk, step, prenormalized=prenorm)
     injections = [inj for e in session.edits_for(layer) for inj in call.resolve(e)]
     if session.kernel_override is not None:
         out, state = session.kernel_override(
             query, key, value, g=g, beta=beta, initial_state=initial_state, output_final_state=output_final_state,
-            use_qk_l2norm_in_kernel=True, injections=injections, offset=offset,
+            use_qk_l2norm_in_kernel=not prenorm, injections=injections, offset=offset,
         )
     else:
         out, state = impl(query, key, value, g=g, beta=beta, initial_state=initial_state,
-                          output_final_state=output_final_state, use_qk_l2norm_in_kernel=True, **kwargs)
+                          output_final_state=output_final_state, use_qk_l2norm_in_kernel=not prenorm, **kwargs)
         if injections:
             heads = sorted({inj.head for inj in injections})
             d_o, d_s = call.propagate(injections, heads)
@@ -261,6 +303,10 @@ def _handle_call(session: RunSession, kernels, query, key, value, g, beta, initi
             if state is not None:
                 state = state.clone()
                 state[:, heads] = (state[:, heads].float() + d_s.to(state.device)).to(state.dtype)
+    if sites is not None:
+        out = sites.read(out)
+        if state is not None:
+            state = sites.state(state)
     session.positions[layer] = offset + query.shape[1]
     session.injections.setdefault(layer, []).extend(injections)
     if captured:
@@ -341,6 +387,8 @@ class GDNAdapter(FamilyAdapter):
     def install(self) -> None:
         for mod in {sys.modules[type(m).__module__] for m in self._modules.values()}:
             self.kernels = _install_module(mod)
+        for i, m in self._modules.items():
+            attach(m, i, m.num_v_heads, m.head_k_dim, m.head_v_dim)
 
     def oracle_kernel(self):
         return naive_gated_delta_rule
@@ -348,7 +396,7 @@ class GDNAdapter(FamilyAdapter):
     def check_call(self, call: GDNCall) -> float:
         ref, _ = naive_gated_delta_rule(call.query, call.key, call.value, call.g, call.beta,
                                         initial_state=call.initial_state, injections=call.injections,
-                                        offset=call.offset)
+                                        offset=call.offset, use_qk_l2norm_in_kernel=not call.prenormalized)
         ref = ref.float()
         return ((call.output.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
 
