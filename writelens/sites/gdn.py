@@ -93,6 +93,7 @@ class GDNCall(RecurrentCall):
         self.output: Tensor | None = None  # [B, T, Hv, d_v] as the layer received it (edits included)
         self.injections: list[Injection] = []
         self._state_cache: dict[int, dict[int, Tensor]] = {}
+        self._last: dict[int, tuple[int, Tensor]] = {}
 
     # ---- factors ------------------------------------------------------------------------------------------------
 
@@ -202,12 +203,15 @@ class GDNCall(RecurrentCall):
         return state
 
     def state_at(self, head: int, t: int) -> Tensor:
-        """Exact S after the write (and any recorded edit) at local position t, [B, d_k, d_v]; uses cached
-        chunk-boundary states and recomputes at most one chunk."""
+        """Exact S after the write (and any recorded edit) at local position t, [B, d_k, d_v]; starts from the
+        nearest cached chunk-boundary state (or the last state asked for, so ascending sweeps are linear)."""
         cache = self._state_cache.setdefault(head, {})
         known = [p for p in cache if p <= t]
         cur = max(known) if known else -1
         state = cache[cur] if known else self._start_state(head)
+        last = self._last.get(head)
+        if last is not None and cur < last[0] <= t:
+            cur, state = last
         while (cur + 1) // CHUNK < (t + 1) // CHUNK:  # cross chunk boundaries, caching each
             nxt = ((cur + 1) // CHUNK + 1) * CHUNK - 1
             state = self._advance(head, state, cur + 1, nxt + 1)
@@ -215,6 +219,7 @@ class GDNCall(RecurrentCall):
             cache[cur] = state
         if cur < t:
             state = self._advance(head, state, cur + 1, t + 1)
+        self._last[head] = (t, state)
         return state[:, 0]
 
 
