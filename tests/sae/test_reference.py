@@ -115,10 +115,11 @@ def test_tampered_file_fails_the_manifest_check(tmp_path):
     assert not isinstance(skipped.value, ChecksumError)
 
 
-def test_unsafe_or_foreign_files_are_refused(tmp_path):
-    class NotATensor:
-        pass
+class NotATensor:
+    pass
 
+
+def test_unsafe_or_foreign_files_are_refused(tmp_path):
     (tmp_path / "evil").mkdir()
     torch.save({"model_state_dict": {}, "config": NotATensor()}, tmp_path / "evil" / "best.pt")
     with pytest.raises(CheckpointError, match="weights_only=True"):
