@@ -1,0 +1,179 @@
+"""The ``writelens`` command line, generated from the config dataclasses (typer).
+
+Every option of ``writelens train`` is a field of :class:`~writelens.sae.SAEConfig` or
+:class:`~writelens.sae.train.TrainConfig` (and likewise for the other commands), so the CLI and the Python API
+cannot drift apart. Outputs are files plus a JSON summary; bad arguments exit with code 2 and a message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from writelens.errors import WriteLensError
+
+app = typer.Typer(
+    help="writelens: read and edit what recurrent language models write into their matrix state.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+zoo_app = typer.Typer(help="The shipped model zoo (offline).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+_SIMPLE = (int, float, str, bool)
+
+
+def _option_type(tp: Any) -> Any | None:
+    """The typer type for a dataclass field type, or None when the field is not a command-line option."""
+    origin = typing.get_origin(tp)
+    if tp in _SIMPLE:
+        return tp
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and args[0] in _SIMPLE:
+            return Optional[args[0]]  # noqa: UP045 - typer needs typing.Optional
+    if origin is typing.Literal:
+        return str
+    return None
+
+
+def config_options(cls: type, *, exclude: tuple[str, ...] = (), prefix: str = "") -> list[inspect.Parameter]:
+    """One ``typer.Option`` parameter per simple field of dataclass ``cls`` (help text from its docstring)."""
+    hints = typing.get_type_hints(cls)
+    doc = inspect.getdoc(cls) or ""
+    params = []
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        tp = _option_type(hints[f.name])
+        if tp is None:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            continue
+        else:
+            default = ...
+        line = next((ln.strip() for ln in doc.splitlines() if ln.strip().startswith(f"{f.name}:")), "")
+        help_text = line.split(":", 1)[1].strip() if line else None
+        flag = f"--{(prefix + f.name).replace('_', '-')}"
+        if tp is bool:
+            flag = f"{flag}/--no-{(prefix + f.name).replace('_', '-')}"
+        option = typer.Option(default, flag, help=help_text)
+        params.append(inspect.Parameter(prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=tp))
+    return params
+
+
+def build(cls: type, values: dict[str, Any], *, prefix: str = "", **fixed: Any) -> Any:
+    """Instantiate dataclass ``cls`` from parsed options (``prefix``-ed names) plus ``fixed`` fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k[len(prefix):] in names}
+    return cls(**{**kwargs, **fixed})
+
+
+def command(name: str, *, configs: list[tuple[type, str, tuple[str, ...]]], base: Callable[..., Any],
+            help: str) -> None:
+    """Register ``base`` (whose own parameters come first) with the options of ``configs`` appended."""
+    own = [p for p in inspect.signature(base).parameters.values() if p.name != "options"]
+    extra = [p for cls, prefix, exclude in configs for p in config_options(cls, exclude=exclude, prefix=prefix)]
+
+    def runner(**kwargs: Any) -> None:
+        own_kwargs = {p.name: kwargs.pop(p.name) for p in own}
+        try:
+            base(**own_kwargs, options=kwargs)
+        except (WriteLensError, ValueError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from err
+
+    runner.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
+    runner.__annotations__ = {p.name: p.annotation for p in own + extra}
+    runner.__doc__ = help
+    app.command(name, help=help)(runner)
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, default=str))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    return path
+
+
+# ---- zoo ---------------------------------------------------------------------------------------------------------
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """List the shipped models."""
+    from writelens import zoo
+
+    for name, description in zoo.list().items():
+        typer.echo(f"{name}\t{description}")
+
+
+@zoo_app.command("path")
+def zoo_path(name: str = typer.Argument(..., help="a zoo model name (see `writelens zoo list`)")) -> None:
+    """Print the folder of a shipped model (loadable with from_pretrained)."""
+    from writelens import zoo
+
+    try:
+        typer.echo(str(zoo.path(name)))
+    except WriteLensError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+
+
+# ---- train -------------------------------------------------------------------------------------------------------
+
+
+def _train(data: Path = typer.Option(..., "--data", help="extraction folder (metadata.json + shards)"),
+           layer: int = typer.Option(..., "--layer", help="model layer index of the site"),
+           head: int = typer.Option(..., "--head", help="value head of the site"),
+           out: Path = typer.Option(..., "--out", help="output folder (checkpoints, train_log.jsonl, SAE)"),
+           options: dict[str, Any] | None = None) -> None:
+    from writelens.sae import SAEConfig, StateDataset, build_sae
+    from writelens.sae.train import TrainConfig, train_sae
+
+    options = options or {}
+    if not (data / "metadata.json").exists():
+        raise ValueError(f"{data} holds no metadata.json; point --data at a `writelens extract` output folder.")
+    dataset = StateDataset.from_shards(data, layer, head)
+    train_cfg = build(TrainConfig, options, prefix="")
+    d_k, d_v = dataset.state_shape[-2:]
+    sae_cfg = build(SAEConfig, options, prefix="", d_k=d_k, d_v=d_v,
+                    metadata={"data": str(data), "layer": layer, "head": head})
+    sae = build_sae(sae_cfg, seed=train_cfg.seed)
+    result = train_sae(sae, dataset, train_cfg, out_dir=out)
+    sae.save(out / "sae")
+    metrics = lambda m: dataclasses.asdict(m) if dataclasses.is_dataclass(m) else m  # noqa: E731
+    write_summary(out, {"command": "train", "sae": str(out / "sae"), "site": [layer, head], "steps": result.steps,
+                        "final_val": metrics(result.final_val), "best_val": metrics(result.best_val)})
+
+
+def _register() -> None:
+    from writelens.sae import SAEConfig
+    from writelens.sae.train import TrainConfig
+
+    command("train", configs=[(SAEConfig, "", ("d_k", "d_v", "n_heads")), (TrainConfig, "", ())], base=_train,
+            help="Train an SAE on states extracted for one (layer, head).")
+
+
+_register()
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app(prog_name="writelens")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
