@@ -91,3 +91,8 @@ def test_self_check_detects_a_changed_kernel(monkeypatch):
     monkeypatch.setattr(dispatch, "torch_impl", changed_kernel)
     with pytest.raises(errors.SelfCheckError, match="transformers"):
         lens.self_check()
+
+
+def test_install_next_query_at_the_last_position(lens):
+    with pytest.raises(errors.EditConflictError, match="next"):
+        lens.run(ids(1, 8), edits=[wl.Install(0, 0, (7,), value=torch.ones(16), key_side="next_query")])

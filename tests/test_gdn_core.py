@@ -83,6 +83,7 @@ def _edit_cases(lens):
         "random_atom": [wl.RandomAtom(L1, 0, 89, seed=3)],
         "install": [wl.Install(L0, 1, (40, 41, 42), value=w, magnitude=3.0)],
         "install_key": [wl.Install(L0, 0, (40, 60), value=w, key=u, magnitude=1.5, timing="after_read")],
+        "install_next_query": [wl.Install(L1, 1, (20, 21), value=w, key_side="next_query")],
         "several_in_one_layer": [wl.Delete(L0, 0, 30), wl.Add(L0, 0, 30, key=u, value=w), wl.Delete(L0, 1, 60, batch=2)],
         "two_layers": [wl.Delete(L0, 0, 10), wl.Replace(L1, 1, 50, key=u, value=w)],
     }

@@ -165,6 +165,8 @@ class Install:
         key: Float[Tensor, " d_k"] or None; None uses the native key k̂_t at each install position; a given key is
             normalised.
         magnitude: m, relative to the native (β-free) write norm ‖k̂_t ⊗ v_t‖_F = ‖v_t‖.
+        key_side: with ``key=None``, ``"key"`` installs along the native key k̂_t (read like that write);
+            ``"next_query"`` along the next read query q̂_{t+1} (the position must not be the last of the call).
     """
 
     layer: int
@@ -173,11 +175,14 @@ class Install:
     value: Float[Tensor, " d_v"] = field(repr=False, default=None)
     key: Float[Tensor, " d_k"] | None = field(repr=False, default=None)
     magnitude: float = 3.0
+    key_side: Literal["key", "next_query"] = "key"
     batch: Rows = None
     timing: Timing = "with_read"
 
     def __post_init__(self) -> None:
         _check_timing(self.timing)
+        if self.key_side not in ("key", "next_query"):
+            raise EditShapeError(f"Install.key_side={self.key_side!r} is not 'key' or 'next_query'.")
         if self.value is None:
             raise EditShapeError("Install needs value= (the d_v direction to install).")
         positions = (self.positions,) if isinstance(self.positions, int) else tuple(int(p) for p in self.positions)

@@ -52,8 +52,11 @@ class EditShapeError(WriteLensError, ValueError):
 
 
 class EditConflictError(WriteLensError, ValueError):
-    """Edits that cannot be combined in one run (e.g. overlapping Install positions given twice is fine,
-    but an edit at a position that the run never reaches is not)."""
+    """An edit cannot be applied in the forward that reaches it (e.g. an install along the *next* query at
+    the last position of a call, where that query does not exist yet).
+
+    Fix: move the edit, or choose the variant the message names.
+    """
 
 
 class NonFiniteError(WriteLensError, FloatingPointError):

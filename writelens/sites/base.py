@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from writelens.edits import Add, Delete, Edit, Install, RandomAtom, Replace, edit_positions, edit_rows
-from writelens.errors import EditShapeError, UnsupportedModelError
+from writelens.errors import EditConflictError, EditShapeError, UnsupportedModelError
 
 
 @dataclass(frozen=True, order=True)
@@ -125,11 +125,12 @@ class RecurrentCall(ABC):
             key, value, coef = self.write_factors(rows, edit.head, t)
             native = coef[:, None, None] * key[:, :, None] * value[:, None, :]
             native_norm = coef.abs() * key.norm(dim=-1) * value.norm(dim=-1)
-            delta = self._edit_delta(edit, native, native_norm, key, value, rows)
+            delta = self._edit_delta(edit, native, native_norm, key, value, rows, t)
             out.append(Injection(pos, edit.head, rows, delta.float(), with_read))
         return out
 
-    def _edit_delta(self, edit: Edit, native: Tensor, native_norm: Tensor, key: Tensor, value: Tensor, rows: Tensor):
+    def _edit_delta(self, edit: Edit, native: Tensor, native_norm: Tensor, key: Tensor, value: Tensor, rows: Tensor,
+                    t: int):
         n, dk, dv = native.shape
 
         def atom(k: Tensor, v: Tensor, scale: float | None) -> Tensor:
@@ -160,7 +161,15 @@ class RecurrentCall(ABC):
         if isinstance(edit, Install):
             v = self._check_factor(edit.value, dv, "value").to(native)
             v = v / v.norm().clamp_min(1e-30)
-            if edit.key is None:
+            if edit.key is None and edit.key_side == "next_query":
+                if t + 1 >= self.length:
+                    raise EditConflictError(
+                        f"Install(key_side='next_query') at position {self.offset + t} needs the query of the next "
+                        "position, which this forward does not contain; install earlier or use key_side='key'."
+                    )
+                k, _ = self.read_vector(rows, edit.head, t + 1)
+                k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            elif edit.key is None:
                 k = key / key.norm(dim=-1, keepdim=True).clamp_min(1e-30)
             else:
                 k = self._check_factor(edit.key, dk, "key").to(native)
