@@ -1,0 +1,281 @@
+"""``wl.extract``: states (or writes) of many sites from one forward per batch, into SAE training shards.
+
+    wl.extract(lens, texts, sites=[(9, h) for h in range(16)], target="sampled_positions",
+               n_tokens=5_000_000, out_dir="states/L9", positions_per_seq=8, seed=0, batch_size=8)
+
+writes the format of :mod:`writelens.sae.shards` (``metadata.json`` + ``L{layer}_H{head}/shard_{i:05d}``).
+
+- **Targets**: ``sampled_positions`` (``positions_per_seq`` distinct positions per sequence, uniform in
+  ``[min_position, len)``, drawn from ``numpy.random.default_rng([seed, seq_id])``: the same rows whatever
+  the batching, rank or restart), ``final_state`` (the state after the last token: the reference code's
+  target), ``all_positions``, and ``writes`` (``key``, ``value``, ``beta``, ``g`` per position).
+- **Resumable**: shard i always holds the same sequences; each file is written atomically; a restarted
+  run skips shards present for every site and (re)computes the rest, so a run killed at any point and
+  restarted ends with no missing and no duplicated rows. A restart with other arguments is refused.
+- **Ranks**: shard i belongs to rank ``i % world_size`` (``rank``/``world_size`` arguments, else
+  ``torch.distributed`` when initialised); all ranks share ``out_dir``.
+- Sequences of a batch are right-padded: the model is causal, so padding never changes a real position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from writelens.errors import ExtractionError
+from writelens.sae.shards import METADATA_FILE, TARGETS, ShardMetadata, ShardReader, ShardWriter, site_dir_name
+
+ROWS_PER_SHARD = 4096
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ExtractionResult:
+    """What :func:`extract` did: ``out_dir``, the ``metadata``, the planned ``n_shards``, the shards this
+    call wrote (``written``) and found already complete (``skipped``)."""
+
+    out_dir: Path
+    metadata: ShardMetadata
+    n_shards: int
+    written: list[int]
+    skipped: list[int]
+
+
+def _tokenize(tokenizer: Any, text: str) -> list[int]:
+    try:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    except TypeError:
+        ids = tokenizer.encode(text)
+    return list(getattr(ids, "ids", ids))
+
+
+def _sequences(lens, tokens_or_texts, seq_len: int | None) -> list[list[int]]:
+    data = tokens_or_texts
+    if isinstance(data, str):
+        data = [data]
+    if isinstance(data, torch.Tensor):
+        if data.dim() == 1:
+            if seq_len is None:
+                raise ExtractionError("a 1-D token stream needs seq_len= to be cut into sequences.")
+            n = data.numel() // seq_len
+            data = data[: n * seq_len].reshape(n, seq_len)
+        if data.dim() != 2:
+            raise ExtractionError(f"token tensors must be [N, T] or a 1-D stream, got {tuple(data.shape)}.")
+        sequences = data.long().tolist()
+    else:
+        data = list(data)
+        if data and isinstance(data[0], str):
+            tokenizer = lens.tokenizer
+            if tokenizer is None:
+                raise ExtractionError("texts need a tokenizer: build the lens with WriteLens(model, tokenizer=tok), or pass token ids.")
+            sequences = [_tokenize(tokenizer, text) for text in data]
+        else:
+            sequences = [[int(t) for t in seq] for seq in data]
+    if seq_len is not None:
+        sequences = [seq[:seq_len] for seq in sequences]
+    return sequences
+
+
+def _budget(sequences: list[list[int]], n_tokens: int | None) -> list[list[int]]:
+    """Sequences in order until ``n_tokens`` tokens (the last one cut to fit); empty ones dropped."""
+    kept, total = [], 0
+    for seq in sequences:
+        if n_tokens is not None and total >= n_tokens:
+            break
+        if n_tokens is not None:
+            seq = seq[: n_tokens - total]
+        kept.append(seq)
+        total += len(seq)
+    return kept
+
+
+def _sites(lens, sites) -> list[tuple[int, int, int, int]]:
+    if sites is None or sites == "all":
+        chosen = [(s.layer, s.head) for s in lens.sites]
+    else:
+        chosen = []
+        for site in sites:
+            if isinstance(site, int):
+                chosen += [(s.layer, s.head) for s in lens.sites if s.layer == site]
+            elif hasattr(site, "layer"):
+                chosen.append((site.layer, site.head))
+            else:
+                chosen.append((int(site[0]), int(site[1])))
+    if not chosen:
+        raise ExtractionError(f"no sites to extract from {sites!r}; pass (layer, head) pairs, layers, or None for all.")
+    found = []
+    for layer, head in dict.fromkeys(chosen):
+        site = lens.site(layer, head)  # raises the lens's own site errors
+        found.append((layer, head, site.d_k, site.d_v))
+    return found
+
+
+def positions_for(target: str, seq_id: int, length: int, positions_per_seq: int, seed: int, min_position: int) -> np.ndarray:
+    """The positions of one sequence whose state (or write) is extracted, sorted."""
+    if target == "final_state":
+        return np.array([length - 1])
+    if target in ("all_positions", "writes"):
+        return np.arange(length)
+    low = min(max(min_position, 0), length - 1)
+    count = min(positions_per_seq, length - low)
+    rng = np.random.default_rng([seed, seq_id])
+    return np.sort(low + rng.choice(length - low, size=count, replace=False))
+
+
+def _fingerprint(sequences: list[list[int]]) -> str:
+    digest = hashlib.sha256()
+    for seq in sequences:
+        digest.update(np.asarray(seq, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None or world_size is not None:
+        rank, world_size = rank or 0, world_size or 1
+    elif dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world_size = 0, 1
+    if not 0 <= rank < world_size:
+        raise ExtractionError(f"rank {rank} is outside world_size {world_size}.")
+    return rank, world_size
+
+
+def extract(lens, tokens_or_texts, sites=None, target: str = "sampled_positions", *, out_dir: str | os.PathLike,
+            n_tokens: int | None = None, positions_per_seq: int = 8, seed: int = 0, batch_size: int = 8,
+            seq_len: int | None = None, min_position: int = 0, seqs_per_shard: int | None = None,
+            dtype: str = "float32", rank: int | None = None, world_size: int | None = None,
+            overwrite: bool = False, progress: bool = True) -> ExtractionResult:
+    """Extract ``target`` rows of every site in ``sites`` into ``out_dir`` (see the module doc).
+
+    Args:
+        lens: a :class:`writelens.WriteLens`.
+        tokens_or_texts: texts (needs ``lens.tokenizer``), token-id lists, a LongTensor [N, T], or a 1-D
+            token stream with ``seq_len``. Sequence ids are their indices in this input.
+        sites: (layer, head) pairs, ``Site`` objects, layer ints (all heads), or None for every site.
+        n_tokens: token budget (sequences in order, the last one cut to fit); None: everything.
+        seq_len: truncate (or, for a 1-D stream, cut) sequences to this length.
+        seqs_per_shard: sequences per shard (default: about 4096 rows per shard, a multiple of batch_size).
+        dtype: storage dtype of states / factors: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
+        overwrite: delete an existing, different extraction in ``out_dir`` instead of refusing to resume it.
+    """
+    if target not in TARGETS:
+        raise ExtractionError(f"unknown target {target!r}; use one of {TARGETS}.")
+    if dtype not in _DTYPES:
+        raise ExtractionError(f"dtype {dtype!r} is not supported; use one of {sorted(_DTYPES)}.")
+    rank, world_size = _rank_and_world(rank, world_size)
+    site_list = _sites(lens, sites)
+    sequences = [s for s in _budget(_sequences(lens, tokens_or_texts, seq_len), n_tokens) if s]
+    if not sequences:
+        raise ExtractionError("no tokens to extract from (empty input or n_tokens=0).")
+    rows_per_seq = {"sampled_positions": positions_per_seq, "final_state": 1}.get(
+        target, max(1, sum(map(len, sequences)) // len(sequences)))
+    if seqs_per_shard is None:
+        seqs_per_shard = batch_size * max(1, math.ceil(ROWS_PER_SHARD / (rows_per_seq * batch_size)))
+    n_shards = math.ceil(len(sequences) / seqs_per_shard)
+    config = getattr(lens.model, "config", None)
+    metadata = ShardMetadata(
+        target=target,
+        sites=[{"layer": l, "head": h, "d_k": dk, "d_v": dv} for l, h, dk, dv in site_list],
+        dtype=dtype,
+        n_shards=n_shards,
+        extra={
+            "model": getattr(config, "_name_or_path", "") or type(lens.model).__name__,
+            "model_class": type(lens.model).__name__,
+            "tokenizer": getattr(lens.tokenizer, "name_or_path", None) if lens.tokenizer is not None else None,
+            "positions": {"target": target, "positions_per_seq": positions_per_seq, "min_position": min_position,
+                          "sampling": "numpy.random.default_rng([seed, seq_id]).choice without replacement"},
+            "seed": seed, "seq_len": seq_len, "n_tokens": sum(map(len, sequences)), "n_sequences": len(sequences),
+            "seqs_per_shard": seqs_per_shard, "text_ids": list(range(len(sequences))),
+            "token_sha256": _fingerprint(sequences),
+        },
+    )
+    out = Path(out_dir)
+    _prepare(out, metadata, overwrite)
+    writer = ShardWriter(out)
+    mine = [i for i in range(n_shards) if i % world_size == rank]
+    done = [i for i in mine if all(writer.has(l, h, i) for l, h, _, _ in site_list)]
+    todo = [i for i in mine if i not in done]
+    bar = tqdm(todo, desc=f"extract {target}", disable=not progress, unit="shard")
+    for index in bar:
+        seq_ids = range(index * seqs_per_shard, min((index + 1) * seqs_per_shard, len(sequences)))
+        rows = _extract_shard(lens, sequences, list(seq_ids), site_list, target, positions_per_seq, seed,
+                              min_position, batch_size, _DTYPES[dtype])
+        for (layer, head, _, _), tensors in zip(site_list, rows):
+            if not writer.has(layer, head, index):
+                writer.write(layer, head, index, target, tensors)
+    return ExtractionResult(out, metadata, n_shards, todo, done)
+
+
+def _prepare(out: Path, metadata: ShardMetadata, overwrite: bool) -> None:
+    if (out / METADATA_FILE).is_file():
+        existing = ShardReader(out).metadata
+        if existing.to_dict() != metadata.to_dict():
+            if not overwrite:
+                differ = sorted(k for k in metadata.to_dict() if existing.to_dict().get(k) != metadata.to_dict()[k])
+                extra = sorted(k for k in metadata.extra if existing.extra.get(k) != metadata.extra[k])
+                raise ExtractionError(
+                    f"{out} holds another extraction (differs in {differ} {extra}); resume it with the same "
+                    "arguments, choose a new out_dir, or pass overwrite=True to replace it."
+                )
+            for site in existing.sites:
+                shutil.rmtree(out / site_dir_name(site["layer"], site["head"]), ignore_errors=True)
+            ShardWriter(out).write_metadata(metadata)
+    else:
+        ShardWriter(out).write_metadata(metadata)
+
+
+@torch.no_grad()
+def _extract_shard(lens, sequences, seq_ids, site_list, target, positions_per_seq, seed, min_position, batch_size, dtype):
+    """Rows of one shard for every site: a list (in site order) of dicts of tensors."""
+    per_site: list[dict[str, list[torch.Tensor]]] = [{} for _ in site_list]
+    layers_heads = [(layer, head) for layer, head, _, _ in site_list]
+    pad = getattr(getattr(lens.model, "config", None), "pad_token_id", None) or 0
+    for start in range(0, len(seq_ids), batch_size):
+        batch_ids = seq_ids[start : start + batch_size]
+        lengths = [len(sequences[i]) for i in batch_ids]
+        ids = torch.full((len(batch_ids), max(lengths)), pad, dtype=torch.long)
+        for row, i in enumerate(batch_ids):
+            ids[row, : lengths[row]] = torch.tensor(sequences[i])
+        cache = lens.run(ids, cache=True, sites=layers_heads).cache
+        positions = [positions_for(target, i, n, positions_per_seq, seed, min_position) for i, n in zip(batch_ids, lengths)]
+        row_of = torch.tensor([r for r, p in enumerate(positions) for _ in p], dtype=torch.long)
+        pos_of = torch.from_numpy(np.concatenate(positions)).long()
+        seq_of = torch.tensor([batch_ids[r] for r in row_of.tolist()], dtype=torch.long)
+        for site_rows, (layer, head, _, _) in zip(per_site, site_list):
+            site_rows.setdefault("seq_ids", []).append(seq_of)
+            site_rows.setdefault("positions", []).append(pos_of)
+            if target == "writes":
+                factors = cache.write(layer, head)
+                for name in ("key", "value", "beta", "g"):
+                    site_rows.setdefault(name, []).append(getattr(factors, name)[row_of, pos_of].to(dtype))
+            else:
+                site_rows.setdefault("states", []).append(_states_at(cache, layer, head, row_of, pos_of).to(dtype))
+    return [{name: torch.cat(parts) for name, parts in rows.items()} for rows in per_site]
+
+
+def _states_at(cache, layer: int, head: int, row_of: torch.Tensor, pos_of: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """``S[row_of[n], pos_of[n]]`` for every n, sweeping the distinct positions in ascending chunks."""
+    unique = torch.unique(pos_of)
+    out = None
+    for start in range(0, unique.numel(), chunk):
+        block = unique[start : start + chunk]
+        states = cache.states(layer, head, block.tolist())  # [B, P, d_k, d_v]
+        if out is None:
+            out = states.new_empty(pos_of.numel(), *states.shape[2:])
+        where = torch.isin(pos_of, block).nonzero().squeeze(1)
+        column = torch.searchsorted(block, pos_of[where])
+        out[where] = states[row_of[where], column]
+    return out
