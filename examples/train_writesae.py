@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--n-seqs", type=int, default=256)
     parser.add_argument("--seq-len", type=int, default=128)
-X
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1 suits these tiny models; 0 keeps torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
