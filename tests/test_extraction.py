@@ -113,7 +113,7 @@ def test_killed_run_resumes_without_missing_or_duplicated_rows(lens, tmp_path):
     wl.extract(lens, seqs, out_dir=tmp_path / "fresh", **worker.ARGS)
     for layer, head in worker.ARGS["sites"]:
         cut, fresh = _rows(tmp_path / "cut", layer, head), _rows(tmp_path / "fresh", layer, head)
-        keys = list(zip(cut["seq_ids"].tolist(), cut["positions"].tolist()))
+        keys = list(zip(cut["seq_ids"].tolist(), cut["positions"].tolist(), strict=True))
         assert len(keys) == len(set(keys)) == len(fresh["seq_ids"])
         for name in fresh:
             torch.testing.assert_close(cut[name], fresh[name], rtol=1e-5, atol=1e-6)

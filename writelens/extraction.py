@@ -23,7 +23,6 @@ import hashlib
 import math
 import os
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,14 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from writelens.errors import ExtractionError
-from writelens.sae.shards import METADATA_FILE, TARGETS, ShardMetadata, ShardReader, ShardWriter, site_dir_name
+from writelens.sae.shards import (
+    METADATA_FILE,
+    TARGETS,
+    ShardMetadata,
+    ShardReader,
+    ShardWriter,
+    site_dir_name,
+)
 
 ROWS_PER_SHARD = 4096
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -188,7 +194,7 @@ def extract(lens, tokens_or_texts, sites=None, target: str = "sampled_positions"
     config = getattr(lens.model, "config", None)
     metadata = ShardMetadata(
         target=target,
-        sites=[{"layer": l, "head": h, "d_k": dk, "d_v": dv} for l, h, dk, dv in site_list],
+        sites=[{"layer": layer, "head": h, "d_k": dk, "d_v": dv} for layer, h, dk, dv in site_list],
         dtype=dtype,
         n_shards=n_shards,
         extra={
@@ -206,14 +212,14 @@ def extract(lens, tokens_or_texts, sites=None, target: str = "sampled_positions"
     _prepare(out, metadata, overwrite)
     writer = ShardWriter(out)
     mine = [i for i in range(n_shards) if i % world_size == rank]
-    done = [i for i in mine if all(writer.has(l, h, i) for l, h, _, _ in site_list)]
+    done = [i for i in mine if all(writer.has(layer, h, i) for layer, h, _, _ in site_list)]
     todo = [i for i in mine if i not in done]
     bar = tqdm(todo, desc=f"extract {target}", disable=not progress, unit="shard")
     for index in bar:
         seq_ids = range(index * seqs_per_shard, min((index + 1) * seqs_per_shard, len(sequences)))
         rows = _extract_shard(lens, sequences, list(seq_ids), site_list, target, positions_per_seq, seed,
                               min_position, batch_size, _DTYPES[dtype])
-        for (layer, head, _, _), tensors in zip(site_list, rows):
+        for (layer, head, _, _), tensors in zip(site_list, rows, strict=True):
             if not writer.has(layer, head, index):
                 writer.write(layer, head, index, target, tensors)
     return ExtractionResult(out, metadata, n_shards, todo, done)
@@ -250,11 +256,11 @@ def _extract_shard(lens, sequences, seq_ids, site_list, target, positions_per_se
         for row, i in enumerate(batch_ids):
             ids[row, : lengths[row]] = torch.tensor(sequences[i])
         cache = lens.run(ids, cache=True, sites=layers_heads).cache
-        positions = [positions_for(target, i, n, positions_per_seq, seed, min_position) for i, n in zip(batch_ids, lengths)]
+        positions = [positions_for(target, i, n, positions_per_seq, seed, min_position) for i, n in zip(batch_ids, lengths, strict=True)]
         row_of = torch.tensor([r for r, p in enumerate(positions) for _ in p], dtype=torch.long)
         pos_of = torch.from_numpy(np.concatenate(positions)).long()
         seq_of = torch.tensor([batch_ids[r] for r in row_of.tolist()], dtype=torch.long)
-        for site_rows, (layer, head, _, _) in zip(per_site, site_list):
+        for site_rows, (layer, head, _, _) in zip(per_site, site_list, strict=True):
             site_rows.setdefault("seq_ids", []).append(seq_of)
             site_rows.setdefault("positions", []).append(pos_of)
             if target == "writes":

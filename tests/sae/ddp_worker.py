@@ -29,7 +29,7 @@ def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     sae = build_sae(SAE_CFG, seed=rank)  # different init per rank: DDP must broadcast rank 0's
-    result = train_sae(sae, make_data(), CFG, out_dir=Path(out_dir) / "run" if rank == 0 else None)
+    result = train_sae(sae, make_data(), CFG, out_dir=Path(out_dir) / "run")  # rank 0 writes, every rank can resume
     save_sae(result.sae, Path(out_dir) / f"rank{rank}")
     dist.barrier()
     dist.destroy_process_group()

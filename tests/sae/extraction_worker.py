@@ -7,8 +7,9 @@ import torch
 
 
 def tiny_lens():
-    import writelens
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    import writelens
 
     cfg = Qwen3_5TextConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                             num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_num_key_heads=2,

@@ -49,7 +49,7 @@ def test_selected_preacts_and_sparse_decodes_match_dense_with_gradients():
     weights = torch.randn_like(fast)
     grads_fast = torch.autograd.grad((fast * weights).sum(), [S, *params])
     grads_dense = torch.autograd.grad((dense * weights).sum(), [S, *params])
-    for a, b in zip(grads_fast, grads_dense):
+    for a, b in zip(grads_fast, grads_dense, strict=True):
         torch.testing.assert_close(a, b)
 
     def dense_codes():
@@ -60,7 +60,7 @@ def test_selected_preacts_and_sparse_decodes_match_dense_with_gradients():
     torch.testing.assert_close(out_fast, out_dense)
     w = torch.randn_like(out_fast)
     for a, b in zip(torch.autograd.grad((out_fast * w).sum(), [values, params[0], params[1]]),
-                    torch.autograd.grad((out_dense * w).sum(), [values, params[0], params[1]])):
+                    torch.autograd.grad((out_dense * w).sum(), [values, params[0], params[1]]), strict=True):
         torch.testing.assert_close(a, b)
 
     dec = torch.randn(H, F, dk * dv, dtype=torch.float64, generator=g, requires_grad=True)
@@ -69,7 +69,7 @@ def test_selected_preacts_and_sparse_decodes_match_dense_with_gradients():
     torch.testing.assert_close(flat_fast, flat_dense)
     w = torch.randn_like(flat_fast)
     for a, b in zip(torch.autograd.grad((flat_fast * w).sum(), [values, dec]),
-                    torch.autograd.grad((flat_dense * w).sum(), [values, dec])):
+                    torch.autograd.grad((flat_dense * w).sum(), [values, dec]), strict=True):
         torch.testing.assert_close(a, b)
     enc = dec.detach().reshape(H, F, dk, dv)
     torch.testing.assert_close(
@@ -125,7 +125,7 @@ def test_training_forward_and_gradients_match_naive(arch, act, heads):
     out.losses.total.backward()
     ref.total.backward()
     torch.testing.assert_close(x1.grad, x2.grad)
-    for (name, p), q in zip(fast.named_parameters(), naive.parameters()):
+    for (name, p), q in zip(fast.named_parameters(), naive.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=f"gradient of {name}")
 
 

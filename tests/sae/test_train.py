@@ -56,7 +56,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, activation):
     full_log = (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()
     cut_log = (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()
     drop = ("states_per_s",)
-    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k not in drop} for l in lines]  # noqa: E731
+    strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]  # noqa: E731
     assert strip(cut_log) == strip(full_log)
     assert (tmp_path / "cut" / "final" / "cfg.json").is_file() and (tmp_path / "cut" / "best" / "cfg.json").is_file()
     assert len(list((tmp_path / "cut" / "checkpoints").glob("step_*"))) == 2

@@ -305,7 +305,7 @@ class SAE(nn.Module):
         """The single-head SAE of head ``index`` of a stacked SAE (a copy)."""
         if not self.stacked:
             raise SAEInputError("head() needs a stacked SAE (n_heads set).")
-        single = type(self)(self.cfg.replace(n_heads=None)).to(self.b_dec)
+        single = type(self)(self.cfg.replace(n_heads=None), seed=0).to(self.b_dec)
         state = {
             name: tensor if name in SHARED_BUFFERS else tensor[index]
             for name, tensor in self.state_dict().items()
@@ -319,7 +319,7 @@ class SAE(nn.Module):
         first = saes[0]
         if any(s.cfg.replace(metadata={}) != first.cfg.replace(metadata={}) or s.stacked for s in saes):
             raise SAEInputError("stack() needs single-head SAEs with identical configs.")
-        stacked = type(first)(first.cfg.replace(n_heads=len(saes))).to(first.b_dec)
+        stacked = type(first)(first.cfg.replace(n_heads=len(saes)), seed=0).to(first.b_dec)
         states = [s.state_dict() for s in saes]
         stacked.load_state_dict(
             {

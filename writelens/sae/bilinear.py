@@ -38,7 +38,8 @@ class BilinearSAE(SAE):
             self.enc_v = nn.Parameter(self.dec_v.detach().clone())
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("enc_k", "enc_v") and self.__dict__["cfg"].tied:
+        cfg = self.__dict__.get("cfg")
+        if name in ("enc_k", "enc_v") and cfg is not None and cfg.tied:
             return super().__getattr__("dec" + name[3:])
         return super().__getattr__(name)
 

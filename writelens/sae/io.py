@@ -121,7 +121,7 @@ def load_sae(directory: str | os.PathLike, *, device: str | torch.device = "cpu"
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a folder. Pass the folder sae.save() wrote.")
     cfg = _read_config(directory)
-    sae = build_sae(cfg)
+    sae = build_sae(cfg, seed=0)  # (seeded: loading never touches the global RNG)
     state = read_weights(directory / WEIGHTS_FILE)
     load_state_checked(sae, state, str(directory / WEIGHTS_FILE))
     sae = sae.to(device).eval()

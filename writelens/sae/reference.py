@@ -189,7 +189,7 @@ def convert_reference_state(payload: Any, *, d_k: int | None = None, d_v: int | 
         jumprelu_bandwidth=float(config.get("bandwidth", 1e-3)),
         jumprelu_init_threshold=float(config.get("init_threshold", 1e-3)),
     )
-    sae = build_sae(cfg)
+    sae = build_sae(cfg, seed=0)
     mapped = _map_parameters(sae_type, state, d_k, d_v)
     mapped.setdefault("steps_since_active", state.get("steps_since_active", torch.zeros(n_features, dtype=torch.long)))
     for name, value in sae.state_dict().items():  # buffers the reference never had (thresholds) keep their init
