@@ -60,3 +60,27 @@ def _write_shards(writer_cls, root, states):
         rows = states[i * 128 : (i + 1) * 128]
         writer.write(0, 0, i, "sampled_positions", {"states": rows, "seq_ids": torch.arange(i * 128, (i + 1) * 128),
                                                      "positions": torch.zeros(128, dtype=torch.long)})
+
+
+def test_extract_then_train_end_to_end(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from models import qwen35, word_tokenizer
+
+    folder = tmp_path / "model"
+    qwen35(layers=4, hk=1, hv=2).save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    text = tmp_path / "corpus.txt"
+    g = torch.Generator().manual_seed(0)
+    text.write_text(" ".join(f"w{int(i)}" for i in torch.randint(3, 128, (3000,), generator=g)))
+    data = tmp_path / "data"
+    res = runner.invoke(app, ["extract", "--model", str(folder), "--out", str(data), "--sites", "1:0",
+                              "--corpus", str(text), "--n-sequences", "24", "--seq-len", "64", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((data / "summary.json").read_text())
+    assert summary["n_shards"] >= 1 and summary["target"] == "sampled_positions"
+    res = runner.invoke(app, ["train", "--data", str(data), "--layer", "1", "--head", "0", "--out",
+                              str(tmp_path / "run"), "--architecture", "bilinear", "--n-features", "16", "--k", "4",
+                              "--steps", "5", "--batch-size", "16", "--no-progress"])
+    assert res.exit_code == 0, res.output

@@ -133,6 +133,103 @@ def zoo_path(name: str = typer.Argument(..., help="a zoo model name (see `writel
         raise typer.Exit(2) from err
 
 
+# ---- shared inputs ----------------------------------------------------------------------------------------------
+
+
+def load_lens(model: str) -> Any:
+    """A WriteLens over a zoo model name, a local folder, or a hub id."""
+    import writelens as wl
+    from writelens import zoo
+
+    if model in zoo.list():
+        net, tok = zoo.load(model)
+        return wl.WriteLens(net, tokenizer=tok)
+    return wl.WriteLens.from_pretrained(model)
+
+
+def parse_sites(spec: str | None) -> list[tuple[int, int]] | list[int] | None:
+    """``"9:4,9:5"`` → [(9, 4), (9, 5)]; ``"9,12"`` → [9, 12] (all heads); None/"all" → every site."""
+    if spec is None or spec == "all":
+        return None
+    out: list[Any] = []
+    for part in spec.split(","):
+        if ":" in part:
+            layer, head = part.split(":")
+            out.append((int(layer), int(head)))
+        else:
+            out.append(int(part))
+    return out
+
+
+def corpus_passages(lens: Any, corpus: str, n: int, n_tokens: int, seed: int) -> Any:
+    """Token ids [n, n_tokens] from ``corpus``: ``heldout`` / ``train-sample`` (zoo KJV text, tokenised with the
+    lens's tokenizer) or a path to a UTF-8 text file."""
+    from writelens import zoo
+
+    tok = lens.require_tokenizer(f"--corpus {corpus}")
+    if corpus == "heldout":
+        return zoo.heldout_passages(n, n_tokens, tokenizer=tok, seed=seed)
+    if corpus == "train-sample":
+        return zoo.train_sample_passages(n, n_tokens, tokenizer=tok, seed=seed)
+    path = Path(corpus)
+    if not path.is_file():
+        raise ValueError(f"--corpus {corpus!r} is neither 'heldout', 'train-sample' nor a text file.")
+    import torch
+
+    ids = torch.tensor(tok(path.read_text(), add_special_tokens=False).input_ids)
+    usable = (ids.numel() // n_tokens) * n_tokens
+    if usable == 0:
+        raise ValueError(f"{path} has fewer than {n_tokens} tokens.")
+    return ids[:usable].view(-1, n_tokens)[:n]
+
+
+# ---- extract -----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ExtractOptions:
+    """Options of ``writelens extract`` (see :func:`writelens.extract`).
+
+    Attributes:
+        target: what to store: sampled_positions, final_state, all_positions or writes.
+        n_sequences: how many passages of the corpus to run.
+        seq_len: tokens per passage.
+        positions_per_seq: states kept per passage for target sampled_positions.
+        min_position: earliest position sampled.
+        seed: position sampling and passage choice.
+        batch_size: passages per forward.
+        dtype: storage dtype: float32, bfloat16 or float16.
+        overwrite: replace an existing, different extraction in the output folder.
+    """
+
+    target: str = "sampled_positions"
+    n_sequences: int = 256
+    seq_len: int = 128
+    positions_per_seq: int = 8
+    min_position: int = 0
+    seed: int = 0
+    batch_size: int = 8
+    dtype: str = "float32"
+    overwrite: bool = False
+
+
+def _extract(model: str = typer.Option(..., "--model", help="zoo name, local folder or hub id"),
+             out: Path = typer.Option(..., "--out", help="output folder (metadata.json + shards)"),
+             sites: Optional[str] = typer.Option(None, "--sites", help="'L:H,L:H', 'L,L' (all heads) or all"),  # noqa: UP045
+             corpus: str = typer.Option("train-sample", "--corpus", help="heldout, train-sample or a text file"),
+             options: dict[str, Any] | None = None) -> None:
+    import writelens as wl
+
+    opts = build(ExtractOptions, options or {})
+    lens = load_lens(model)
+    ids = corpus_passages(lens, corpus, opts.n_sequences, opts.seq_len, opts.seed)
+    result = wl.extract(lens, ids, parse_sites(sites), opts.target, out_dir=out, positions_per_seq=opts.positions_per_seq,
+                        seed=opts.seed, batch_size=opts.batch_size, min_position=opts.min_position, dtype=opts.dtype,
+                        overwrite=opts.overwrite)
+    write_summary(out, {"command": "extract", "model": model, "corpus": corpus, **dataclasses.asdict(opts),
+                        "n_shards": result.n_shards, "written": len(result.written), "skipped": len(result.skipped)})
+
+
 # ---- train -------------------------------------------------------------------------------------------------------
 
 
@@ -164,6 +261,8 @@ def _register() -> None:
     from writelens.sae import SAEConfig
     from writelens.sae.train import TrainConfig
 
+    command("extract", configs=[(ExtractOptions, "", ())], base=_extract,
+            help="Extract states (or writes) of write sites from a model over a corpus, resumably.")
     command("train", configs=[(SAEConfig, "", ("d_k", "d_v", "n_heads")), (TrainConfig, "", ())], base=_train,
             help="Train an SAE on states extracted for one (layer, head).")
 
