@@ -118,8 +118,8 @@ def bilinear_preacts_at(
     rank = enc_k.shape[2]
     keys = gather_factors(enc_k, indices)  # [HB, m r, dk]
     values = gather_factors(enc_v, indices)  # [HB, m r, dv]
-    state_times_value = torch.bmm(states.reshape(n_heads * batch, d_k, d_v), values.transpose(1, 2))
-    forms = (state_times_value * keys.transpose(1, 2)).sum(1)  # [HB, m r]
+    key_times_state = torch.bmm(keys, states.reshape(n_heads * batch, d_k, d_v))  # [HB, m r, dv]
+    forms = (key_times_state * values).sum(-1)  # [HB, m r]
     pre = forms.reshape(n_heads, batch, n_selected, rank).sum(-1)
     return pre + gather_features(b_enc, indices)
 
