@@ -1,0 +1,386 @@
+"""Mamba-2 write sites over transformers' ``Mamba2ForCausalLM`` (layers ``model.backbone.layers[i].mixer``).
+
+Per head h (group g = h // (H / G), B and C shared by the heads of a group), with the effective step size
+``dt_t = clamp(softplus(dt_raw + dt_bias))`` as the kernel derives it::
+
+    S_t = exp(dt_t A_h) S_{t−1} + dt_t · B_t ⊗ x_t          (transition: a scalar decay; then the write)
+    y_t = S_tᵀ C_t + D_h x_t                                 (the read sees the write at t; D x is S-independent)
+
+**Orientation.** writelens exposes states in role order ``(d_k, d_v) = (d_state, headdim)``: the key side is the
+side read by ``C_t`` (and written by ``B_t``), the value side the one that reaches ``y_t`` (written by ``x_t``).
+HF stores ``[B, H, headdim, d_state]``, the transpose; ``hf_state`` returns HF layout, everything else role order
+(``cache.state`` [B, N, P], ``Add(matrix=...)`` takes (N, P), ``Replace(key=N-vector, value=P-vector)``).
+The write's coefficient is ``dt`` (``WriteFactors.beta``), so Install's native norm is ``‖B_t‖·‖x_t‖``;
+``WriteFactors.g = dt·A`` (log-decay), ``query = C``, ``scale = 1``, ``output = y`` (with the D skip).
+
+The kernels ``mamba2_chunk_scan`` (prefill) and ``mamba2_selective_state_update`` (decode, updates the cached state
+in place) are module-level globals of the modeling file; writelens swaps them for interceptors that run the real
+kernel and add the exactly propagated effect of edits (closed form: δS_s = exp(Σ_{p<u≤s} dt_u A) ΔS_p).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from writelens.errors import PositionOutOfRangeError, UnsupportedModelError
+from writelens.sites.base import (
+    FamilyAdapter,
+    Injection,
+    RecurrentCall,
+    RunSession,
+    Site,
+    WriteFactors,
+    active_session,
+    current_layer,
+    register_family,
+)
+from writelens.sites.gdn import ConvCapture, DeviceDispatch
+from writelens.sites.mamba2_oracle import Mamba2Oracle, effective_dt, naive_ssd
+from writelens.sites.points import attach
+
+CHUNK = 64  # spacing of cached boundary states in ``state_at``
+
+
+class Mamba2Call(RecurrentCall):
+    """One SSD kernel call over positions ``[offset, offset + T)``.
+
+    x: [B, T, H, P]; dt: [B, T, H] effective step sizes (fp32); A: [H]; Bm, Cm: [B, T, G, N]; D: [H] or None;
+    initial_state: [B, H, P, N] (HF layout) or None.
+    """
+
+    def __init__(self, x, dt, A, Bm, Cm, D, initial_state, offset):
+        self.x, self.dt, self.A, self.Bm, self.Cm, self.D = x, dt, A, Bm, Cm, D
+        self.initial_state = initial_state
+        self.offset = offset
+        self.batch_size, self.length, self.num_heads, self.d_v = x.shape
+        self.num_groups, self.d_k = Bm.shape[2], Bm.shape[3]
+        self.rep = self.num_heads // self.num_groups
+        log_decay = dt.double() * A.double().to(dt.device)  # [B, T, H]
+        self.cum = log_decay.cumsum(1).cpu()  # float64 cumulative log-decay, cum[:, t] = Σ_{u ≤ t}
+        self.output: Tensor | None = None  # [B, T, H, P] as the layer received it (edits included)
+        self.injections: list[Injection] = []
+        self._boundary: dict[int, dict[int, Tensor]] = {}
+        self._last: dict[int, tuple[int, Tensor]] = {}
+
+    def group(self, head: int) -> int:
+        return head // self.rep
+
+    # ---- factors ------------------------------------------------------------------------------------------------
+
+    def write_factors(self, rows: Tensor, head: int, t: int):
+        g = self.group(head)
+        return (self.Bm[rows, t, g].float().cpu(), self.x[rows, t, head].float().cpu(),
+                self.dt[rows, t, head].float().cpu())
+
+    def read_vector(self, rows: Tensor, head: int, t: int):
+        return self.Cm[rows, t, self.group(head)].float().cpu(), 1.0
+
+    def factors(self, head: int) -> WriteFactors:
+        g = self.group(head)
+        log_decay = (self.dt[:, :, head].double() * self.A[head].double()).float().cpu()
+        return WriteFactors(
+            key=self.Bm[:, :, g].float().cpu(),
+            value=self.x[:, :, head].float().cpu(),
+            beta=self.dt[:, :, head].float().cpu(),
+            g=log_decay,
+            alpha=log_decay.exp(),
+            query=self.Cm[:, :, g].float().cpu(),
+            scale=1.0,
+            output=self.output[:, :, head].float().cpu(),
+        )
+
+    # ---- exact propagation (closed form) ------------------------------------------------------------------------
+
+    def _decay(self, rows: Tensor, head: int, t: int) -> Tensor:
+        """exp(cum_s − cum_t) for s in [t, T): [n, T − t] float64 (1 at s = t)."""
+        cum = self.cum[rows, :, head]
+        return torch.exp(cum[:, t:] - cum[:, t : t + 1])
+
+    def propagate(self, injections: list[Injection], heads: list[int]):
+        """δo [B, T, h, P] and δS_end [B, h, N, P] (role order) of ``injections``, float32 on CPU."""
+        hidx = {h: i for i, h in enumerate(heads)}
+        B, T = self.batch_size, self.length
+        d_o = torch.zeros(B, T, len(heads), self.d_v, dtype=torch.float64)
+        d_s = torch.zeros(B, len(heads), self.d_k, self.d_v, dtype=torch.float64)
+        for inj in injections:
+            t, hi, rows = inj.pos - self.offset, hidx[inj.head], inj.rows
+            decay = self._decay(rows, inj.head, t)  # [n, T − t]
+            C = self.Cm[rows, t:, self.group(inj.head)].double().cpu()  # [n, T − t, N]
+            contrib = torch.einsum("nkv,nsk->nsv", inj.delta.double(), C) * decay[..., None]
+            if not inj.with_read:
+                contrib[:, 0] = 0
+            d_o[rows, t:, hi] += contrib
+            d_s[rows, hi] += decay[:, -1, None, None] * inj.delta.double()
+        return d_o.float(), d_s.float()
+
+    # ---- exact states --------------------------------------------------------------------------------------------
+
+    def _start_state(self, head: int) -> Tensor:
+        if self.initial_state is None:
+            return torch.zeros(self.batch_size, self.d_k, self.d_v, dtype=torch.float64)
+        return self.initial_state[:, head].double().cpu().transpose(-1, -2)
+
+    def _advance(self, head: int, state: Tensor, t0: int, t1: int) -> Tensor:
+        """State after local position t1−1 from the state after t0−1 ([B, N, P] float64), recorded edits included."""
+        cum = self.cum[:, :, head]
+        prev = cum[:, t0 - 1] if t0 > 0 else torch.zeros(self.batch_size, dtype=torch.float64)
+        end = cum[:, t1 - 1]
+        weight = torch.exp(end[:, None] - cum[:, t0:t1]) * self.dt[:, t0:t1, head].double().cpu()  # [B, L]
+        Bm = self.Bm[:, t0:t1, self.group(head)].double().cpu()
+        x = self.x[:, t0:t1, head].double().cpu()
+        state = torch.exp(end - prev)[:, None, None] * state + torch.einsum("bs,bsk,bsv->bkv", weight, Bm, x)
+        for inj in self.injections:
+            t = inj.pos - self.offset
+            if inj.head == head and t0 <= t < t1:
+                state[inj.rows] += torch.exp(end[inj.rows] - cum[inj.rows, t])[:, None, None] * inj.delta.double()
+        return state
+
+    def state_at(self, head: int, t: int) -> Tensor:
+        """Exact S_t (role order [B, N, P]) after the write and any recorded edit at local t; from the nearest cached
+        boundary state or the last state asked for (ascending sweeps are linear in T)."""
+        cache = self._boundary.setdefault(head, {})
+        known = [p for p in cache if p <= t]
+        cur = max(known) if known else -1
+        state = cache[cur] if known else self._start_state(head)
+        last = self._last.get(head)
+        if last is not None and cur < last[0] <= t:
+            cur, state = last
+        while (cur + 1) // CHUNK < (t + 1) // CHUNK:
+            nxt = ((cur + 1) // CHUNK + 1) * CHUNK - 1
+            state = self._advance(head, state, cur + 1, nxt + 1)
+            cur = nxt
+            cache[cur] = state
+        if cur < t:
+            state = self._advance(head, state, cur + 1, t + 1)
+        self._last[head] = (t, state)
+        return state.float()
+
+
+# ---- interceptors ----------------------------------------------------------------------------------------------
+
+
+def _apply(call: Mamba2Call, injections: list[Injection], out: Tensor, state: Tensor | None, step: bool):
+    """Add the propagated effect of ``injections`` to the kernel output ([B,T,H,P], or [B,H,P] for a decode step)
+    and to the final state (HF layout [B,H,P,N]; a decode step's state is updated in place)."""
+    heads = sorted({inj.head for inj in injections})
+    d_o, d_s = call.propagate(injections, heads)
+    d_o, d_s = d_o.to(out.device), d_s.transpose(-1, -2).to(out.device)
+    out = out.clone()
+    if step:
+        out[:, heads] = (out[:, heads].float() + d_o[:, 0]).to(out.dtype)
+    else:
+        out[:, :, heads] = (out[:, :, heads].float() + d_o).to(out.dtype)
+    if state is not None:
+        if step:
+            state[:, heads] += d_s.to(state.dtype)  # the cache's own buffer, as the kernel itself does
+        else:
+            state = state.clone()
+            state[:, heads] = (state[:, heads].float() + d_s).to(state.dtype)
+    return out, state
+
+
+def _finish(session: RunSession, layer: int, call: Mamba2Call, injections, out: Tensor, length: int) -> None:
+    session.positions[layer] = call.offset + length
+    session.injections.setdefault(layer, []).extend(injections)
+    if layer in session.capture:
+        call.output = out.detach() if out.ndim == 4 else out.detach()[:, None]
+        call.injections = injections
+        session.calls.setdefault(layer, []).append(call)
+
+
+def _no_gate(z: Any) -> None:
+    if z is not None:
+        raise UnsupportedModelError(
+            "This Mamba-2 layer passes a gate z into the SSD kernel; writelens supports transformers' Mamba2Mixer, "
+            "which gates in its norm (z=None). Report the model class."
+        )
+
+
+class ChunkScanInterceptor:
+    """Replaces ``mamba2_chunk_scan``: prefill / multi-token calls (captures, exact edits, oracle override)."""
+
+    def __init__(self, original: Any):
+        self.dispatch = DeviceDispatch(original)
+        self.__wrapped__ = self.dispatch.torch_impl
+
+    def __call__(self, hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None, initial_states=None,
+                 dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False, **kwargs):
+        impl = self.dispatch.pick(hidden_states)
+        kw = dict(D=D, dt_bias=dt_bias, initial_states=initial_states, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                  return_final_states=return_final_states)
+        session, layer = active_session(), current_layer()
+        if session is None or layer is None:
+            return impl(hidden_states, dt, A, B, C, chunk_size, **kw, **kwargs)
+        _no_gate(kwargs.get("z"))
+        T = hidden_states.shape[1]
+        if layer in session.capture_conv and layer in session.conv_inputs:  # drop any left padding / old columns
+            session.conv_inputs[layer] = session.conv_inputs[layer][..., -T:]
+        offset = session.positions.get(layer, session.start_pos)
+        init = initial_states.detach().clone() if (initial_states is not None and layer in session.capture) \
+            else initial_states
+        dt_eff = effective_dt(dt.float(), dt_bias, dt_softplus, dt_limit)
+        call = Mamba2Call(hidden_states, dt_eff, A, B, C, D, init, offset)
+        injections = [inj for e in session.edits_for(layer) for inj in call.resolve(e)]
+        if session.kernel_override is not None:
+            res = session.kernel_override.chunk(hidden_states, dt, A, B, C, chunk_size, injections=injections,
+                                                offset=offset, **kw)
+        else:
+            res = impl(hidden_states, dt, A, B, C, chunk_size, **kw, **kwargs)
+        out, state = res if return_final_states else (res, None)
+        if injections and session.kernel_override is None:
+            out, state = _apply(call, injections, out, state, step=False)
+        _finish(session, layer, call, injections, out, T)
+        return (out, state) if return_final_states else out
+
+
+class StateUpdateInterceptor:
+    """Replaces ``mamba2_selective_state_update``: one decode token; the cached state is updated in place."""
+
+    def __init__(self, original: Any):
+        self.dispatch = DeviceDispatch(original)
+        self.__wrapped__ = self.dispatch.torch_impl
+
+    def __call__(self, state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None,
+                 **kwargs):
+        impl = self.dispatch.pick(hidden_states)
+        session, layer = active_session(), current_layer()
+        if session is None or layer is None:
+            return impl(state, hidden_states, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=dt_softplus, z=z,
+                        **kwargs)
+        _no_gate(z)
+        offset = session.positions.get(layer, session.start_pos)
+        dt_eff = effective_dt(dt[..., 0].float(), None if dt_bias is None else dt_bias[..., 0], dt_softplus, None)
+        init = state.detach().clone() if layer in session.capture else None
+        call = Mamba2Call(hidden_states[:, None], dt_eff[:, None], A[:, 0, 0], B[:, None], C[:, None],
+                          None if D is None else D[:, 0], init, offset)
+        injections = [inj for e in session.edits_for(layer) for inj in call.resolve(e)]
+        if session.kernel_override is not None:
+            out = session.kernel_override.step(state, hidden_states, dt, A, B, C, D, dt_bias=dt_bias,
+                                               dt_softplus=dt_softplus, injections=injections, offset=offset)
+        else:
+            out = impl(state, hidden_states, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=dt_softplus, z=z, **kwargs)
+            if injections:
+                out, _ = _apply(call, injections, out, state, step=True)
+        _finish(session, layer, call, injections, out, 1)
+        return out
+
+
+def _install_module(module: Any) -> None:
+    """Patch one modeling module's kernel globals once."""
+    if getattr(module, "_writelens_mamba2", False):
+        return
+    module.mamba2_chunk_scan = ChunkScanInterceptor(module.mamba2_chunk_scan)
+    module.mamba2_selective_state_update = StateUpdateInterceptor(module.mamba2_selective_state_update)
+    module.causal_conv1d_fn = ConvCapture(module.causal_conv1d_fn)
+    module.causal_conv1d_update = DeviceDispatch(module.causal_conv1d_update)
+    module._writelens_mamba2 = True
+
+
+def _count_tokens(module, args, kwargs, output) -> None:
+    """Backbone forward hook: HF's Mamba-2 cache holds no token count, so writelens keeps one on the cache."""
+    cache = kwargs.get("cache_params")
+    if cache is None:
+        cache = getattr(output, "cache_params", None)
+    if cache is None:
+        return
+    x = args[0] if args and args[0] is not None else kwargs.get("input_ids")
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+    cache._writelens_length = getattr(cache, "_writelens_length", 0) + int(x.shape[1])
+
+
+@register_family
+class Mamba2Adapter(FamilyAdapter):
+    """transformers ``Mamba2ForCausalLM``: every layer ``model.backbone.layers[i].mixer`` is recurrent."""
+
+    family = "mamba2"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        layers = getattr(getattr(model, "backbone", None), "layers", None)
+        if layers is None:
+            return False
+        mixers = [getattr(layer, "mixer", None) for layer in layers]
+        return any(type(m).__name__ == "Mamba2Mixer"
+                   and hasattr(sys.modules[type(m).__module__], "mamba2_selective_state_update") for m in mixers)
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.backbone = model.backbone
+        self._layers = self.backbone.layers
+        self._modules = {i: layer.mixer for i, layer in enumerate(self._layers)
+                         if type(getattr(layer, "mixer", None)).__name__ == "Mamba2Mixer"}
+        first = next(iter(self._modules.values()))
+        self.num_heads, self.d_k, self.d_v = first.num_heads, first.ssm_state_size, first.head_dim
+
+    @property
+    def layers(self):
+        return self._layers
+
+    @property
+    def layer_modules(self) -> dict[int, nn.Module]:
+        return self._modules
+
+    @property
+    def sites(self) -> list[Site]:
+        return [Site(i, h, m.ssm_state_size, m.head_dim, self.family) for i, m in self._modules.items()
+                for h in range(m.num_heads)]
+
+    def install(self) -> None:
+        for mod in {sys.modules[type(m).__module__] for m in self._modules.values()}:
+            _install_module(mod)
+        if not getattr(self.backbone, "_writelens_counts_tokens", False):
+            self.backbone.register_forward_hook(_count_tokens, with_kwargs=True)
+            self.backbone._writelens_counts_tokens = True
+        for i, m in self._modules.items():  # trace points are GDN-only for now; attached so arming is uniform
+            attach(m, i, m.num_heads, m.ssm_state_size, m.head_dim)
+
+    def oracle_kernel(self) -> Mamba2Oracle:
+        return Mamba2Oracle()
+
+    def check_call(self, call: Mamba2Call) -> float:
+        ref, _ = naive_ssd(call.x, call.dt, call.A, call.Bm, call.Cm, call.D, call.initial_state,
+                           call.injections, call.offset)
+        ref = ref.float().to(call.output.device)
+        return ((call.output.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+
+    def hf_state(self, call: Mamba2Call, t: int) -> Tensor:
+        """All heads' states after local position t in HF layout [B, H, headdim, d_state] (transposed role order)."""
+        return torch.stack([call.state_at(h, t) for h in range(call.num_heads)], 1).transpose(-1, -2)
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        cache._writelens_length = 0
+        return cache
+
+    def cache_length(self, cache: Any) -> int:
+        n = getattr(cache, "_writelens_length", None)
+        if n is None and not any(layer.is_recurrent_states_initialized.get(0, False)
+                                 for layer in getattr(cache, "layers", [])):
+            return 0  # an empty cache
+        if n is None:
+            raise PositionOutOfRangeError(
+                "This Mamba-2 cache was filled before writelens wrapped the model, and HF's Mamba-2 cache does not "
+                "count its tokens, so edit positions cannot be placed; build the prefix with "
+                "lens.run(prefix_ids, use_cache=True).past_key_values (or any forward after WriteLens(model))."
+            )
+        return int(n)
+
+    def forward(self, input_ids: Tensor, cache: Any = None, use_cache: bool = False,
+                position_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Any:
+        """Mamba-2 takes ``cache_params=`` and no position ids (positions come from the cache)."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "cache_params": cache, "use_cache": use_cache}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        return self.model(**kwargs)
+
+    def out_proj_slice(self, layer: int, head: int) -> Tensor:
+        """W_O^h: the columns of ``out_proj`` that read head ``head``'s (gated, normed) output, [d_model, headdim]."""
+        w = self._modules[layer].out_proj.weight
+        return w[:, head * self.d_v : (head + 1) * self.d_v]
