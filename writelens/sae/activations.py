@@ -68,6 +68,10 @@ class BatchTopK(nn.Module):
     that threshold, so a single state is encoded with the statistics of training batches and L0 is about
     k on training-like data (the reference code had no threshold, so its inference was per-sample TopK).
     Before any training step the threshold is undefined and eval mode falls back to per-sample TopK.
+
+    The number of features kept per state varies, so selection pads to the widest state of the batch: one
+    host sync per call (TopK needs none). Under DDP the k*B budget is taken over each rank's share of the
+    batch; the threshold statistics are averaged over ranks.
     """
 
     def __init__(self, k: int, head_shape: tuple[int, ...], decay: float) -> None:
