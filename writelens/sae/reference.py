@@ -23,7 +23,8 @@ Parameter mapping (reference names -> writelens; V is the key side d_k, W the va
 ======================  ==============================================================================
 
 ``use_batchtopk`` checkpoints become ``activation="batchtopk"`` with no recorded threshold, so their
-inference is per-state TopK, exactly as the reference's. ``bilinear_flat`` and ``bilinear_gated`` have no
+inference is per-state TopK: what the reference computes for one state at a time (its batched inference
+kept the top k*B entries of the whole batch, so a state's code depended on its batch-mates). ``bilinear_flat`` and ``bilinear_gated`` have no
 writelens class and raise :class:`~writelens.errors.CheckpointError`.
 """
 
