@@ -84,7 +84,7 @@ def from_jsonable(tp: Any, value: Any) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(from_jsonable(args[0], v) for v in value)
         if args:
-            return tuple(from_jsonable(a, v) for a, v in zip(args, value))
+            return tuple(from_jsonable(a, v) for a, v in zip(args, value, strict=False))
         return tuple(value)
     if origin is dict:
         vt = args[1] if args else Any

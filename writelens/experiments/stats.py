@@ -167,8 +167,12 @@ def cluster_bootstrap(values: Any, clusters: Sequence[Any], statistic: Callable[
         stats = sums[draws].sum(1) / counts[draws].sum(1)
         estimate = float(v.mean())
     else:
-        members = [np.flatnonzero(inv == j) for j in range(c)]
-        stats = np.array([statistic(v[np.concatenate([members[j] for j in row])]) for row in draws])
+        if c == v.size:  # one observation per cluster: index directly
+            by_cluster = v[np.argsort(inv)]
+            stats = np.array([statistic(by_cluster[row]) for row in draws])
+        else:
+            members = [np.flatnonzero(inv == j) for j in range(c)]
+            stats = np.array([statistic(v[np.concatenate([members[j] for j in row])]) for row in draws])
         estimate = float(statistic(v))
     alpha = (1 - level) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
@@ -202,7 +206,7 @@ def per_atom_population(values: Any, atoms: Sequence[Any], min_firings: int = 5,
     v = _arr(values)
     labels = [str(a) for a in atoms]
     per: dict[str, list[float]] = {}
-    for label, value in zip(labels, v.tolist()):
+    for label, value in zip(labels, v.tolist(), strict=False):
         per.setdefault(label, []).append(value)
     kept = {k: float(np.mean(vs)) for k, vs in per.items() if len(vs) >= min_firings}
     n_firings = sum(len(per[k]) for k in kept)

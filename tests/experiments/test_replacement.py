@@ -1,0 +1,106 @@
+"""Replacement test: invariants of the edits it uses, agreement of its batched KLs with single runs, options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import writelens as wl
+from writelens.experiments.common import kl_from_logits, run_rows
+from writelens.experiments.replacement import ReplacementOptions, ReplacementResult, replacement_test
+
+from .helpers import flat_sae, lens, passages, sae
+
+LAYER, HEAD = 1, 0
+
+
+def _native(ids):
+    out = lens().run(ids, cache=True, sites=[(LAYER, HEAD)])
+    return out.logits, out.cache.write(LAYER, HEAD)
+
+
+def test_delete_then_readd_native_write_gives_zero_kl():
+    ids = passages(2, 24)
+    native, w = _native(ids)
+    rows = []
+    for p in range(2):
+        for t in (0, 5, 11, 23):
+            rows.append((p, [wl.Delete(LAYER, HEAD, t),
+                             wl.Add(LAYER, HEAD, t, key=w.key[p, t], value=w.value[p, t], scale=float(w.beta[p, t]))]))
+    kls = run_rows(lens(), ids, rows, lambda i, lg: kl_from_logits(native[rows[i][0]], lg).max().item(), show=False)
+    assert max(kls) < 1e-10
+
+
+def test_random_atom_with_scale_zero_equals_delete():
+    ids = passages(2, 24)
+    native, _ = _native(ids)
+    rows = [(p, [e]) for p in range(2) for t in (3, 17)
+            for e in (wl.RandomAtom(LAYER, HEAD, t, scale=0.0, seed=11 + t), wl.Delete(LAYER, HEAD, t))]
+    kls = run_rows(lens(), ids, rows, lambda i, lg: float(kl_from_logits(native[rows[i][0], -1], lg[-1])), show=False)
+    assert kls[0::2] == pytest.approx(kls[1::2], rel=1e-6, abs=1e-14)
+    assert all(k > 0 for k in kls)
+
+
+def _single(ids, p, edits, t_kl=-1):
+    native = lens().run(ids[p : p + 1]).logits[0, t_kl]
+    edited = lens().run(ids[p : p + 1], edits=edits, _fast=False).logits[0, t_kl]
+    return float(kl_from_logits(native, edited))
+
+
+def test_batched_kls_equal_single_runs_and_stats_are_consistent():
+    ids = passages(3, 24)
+    opts = ReplacementOptions(max_firings=30, progress=False, n_bootstrap=2000, batch_rows=7)
+    res = replacement_test(lens(), sae(), (LAYER, HEAD), ids, opts)
+    assert res.stats.n_firings == 30 == len(res.kl_atom) == len(res.kl_random)
+    with torch.no_grad():
+        atoms = sae().atoms(res.atom)
+    for i in (0, 13, 29):
+        p, t = res.passage[i], res.position[i]
+        assert res.scale[i] == pytest.approx(res.coefficient[i] * float(atoms.scale[i, 0]), rel=1e-6)
+        atom = wl.Replace(LAYER, HEAD, t, key=atoms.key[i, 0], value=atoms.value[i, 0], scale=res.scale[i])
+        rand = wl.RandomAtom(LAYER, HEAD, t, scale=res.scale[i], seed=res.random_seed[i])
+        for got, edit in ((res.kl_atom[i], atom), (res.kl_delete[i], wl.Delete(LAYER, HEAD, t)),
+                          (res.kl_random[i], rand)):
+            assert got == pytest.approx(_single(ids, p, [edit]), rel=1e-4, abs=1e-12)
+    a, d, r = map(np.asarray, (res.kl_atom, res.kl_delete, res.kl_random))
+    assert res.stats.win_rate.estimate == pytest.approx((a < d).mean())
+    assert res.stats.strict_chain.estimate == pytest.approx(((a < d) & (d < r)).mean())
+    assert res.stats.bootstrap_by_atom.n_resamples == 2000
+    back = ReplacementResult.from_json(res.to_json())
+    assert back.to_dict() == res.to_dict()
+    assert back.options == opts and back.summary()["n_firings"] == 30
+
+
+def test_dominant_atom_is_the_largest_coefficient():
+    ids = passages(2, 20)
+    res = replacement_test(lens(), sae(), (LAYER, HEAD), ids, ReplacementOptions(max_firings=10, progress=False))
+    out = lens().run(ids, cache=True, sites=[(LAYER, HEAD)])
+    for i in range(10):
+        s = out.cache.state(LAYER, HEAD, res.position[i])[res.passage[i]]
+        codes = sae().encode(s)
+        assert int(codes.argmax()) == res.atom[i] == res.feature[i]
+        assert res.coefficient[i] == pytest.approx(float(codes.max()), rel=1e-5)
+
+
+def test_options_matched_norm_positions_controls_population_flat_baseline():
+    ids = passages(3, 20)
+    base = dict(max_firings=24, progress=False, n_bootstrap=2000)
+    res = replacement_test(lens(), sae(), (LAYER, HEAD), ids,
+                           ReplacementOptions(scale="matched_norm", kl_position="mean_from_t",
+                                              random_control="alive_atom", baseline="flat_svd", **base),
+                           flat_sae=flat_sae())
+    assert res.scale == pytest.approx(res.native_norm)
+    assert all(a >= 0 for a in res.random_atom) and len(res.kl_flat_svd) == 24
+    assert res.stats.flat_svd_win_rate is not None
+    nxt = replacement_test(lens(), sae(), (LAYER, HEAD), ids,
+                           ReplacementOptions(kl_position="next", timing="after_read", **base))
+    assert max(nxt.position) < 19  # after_read: the last position has no affected distribution
+    pop = replacement_test(lens(), sae(), (LAYER, HEAD), ids,
+                           ReplacementOptions(cap_per_atom=3, min_firings_per_atom=2, **{**base, "max_firings": None}))
+    counts = np.bincount(pop.feature)
+    assert counts.max() <= 3
+    assert pop.stats.population.n_atoms == int((counts >= 2).sum())
+    named = replacement_test(lens(), sae(), (LAYER, HEAD), ids,
+                             ReplacementOptions(features=[pop.feature[0]], atom_choice="feature", **base))
+    assert set(named.feature) == {pop.feature[0]} == set(named.atom)

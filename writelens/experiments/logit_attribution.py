@@ -1,0 +1,329 @@
+"""Closed-form logit attribution of an atom added to the state (method.md §4; conventions.md "Attribution G").
+
+Perturbation: ``S_{t0} ← S_{t0} + ε u wᵀ`` (u, w the unit factors of an SAE atom) at the site. For an eval position
+t = t0 + h and token ``tok`` (the native rank-r prediction at t), the change of the logit ``ℓ_t[tok]`` is
+
+(a) **three-factor** (the paper's form, zero fitted parameters):
+    ``ε · G · d_k^{-1/2} · ⟨u, q̂_t⟩ · ⟨W_U[tok], W_O^h w⟩`` with ``G = Π_{s=t0+1}^{t} exp(g_s)``.
+    Modelled: decay and the read. *Not* modelled: the erase terms ``(I − β_s k̂_s k̂_sᵀ)``, the gated RMSNorm, the
+    same layer's MLP, every later layer and the final norm.
+(b) **exact in-layer + direct path** (zero fitted parameters): ``δS_s = α_s (I − β_s k̂_s k̂_sᵀ) δS_{s−1}`` and
+    ``δo_t = d_k^{-1/2} δS_tᵀ q̂_t`` exactly (float64), then the *direct* output path linearised at the native point:
+    gated RMSNorm Jacobian (at o_t, z_t) → ``W_O^h`` → final-norm Jacobian (at the native residual h_t) → ``W_U``.
+    The same layer's MLP and later layers are ignored (their contribution is what (b) misses); the path is exact to
+    first order when the edited layer's MLP output is zero and it is the last layer.
+(c) **measured**: an edited run (exact edit engine), ``ℓ^edited_t[tok] − ℓ^native_t[tok]``.
+
+R² uses zero fitted parameters; the ``*_fitted`` numbers use one least-squares scale per atom and are labelled so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from writelens.edits import Add
+from writelens.experiments import stats as st
+from writelens.experiments.base import ExperimentResult, JsonMixin, progress
+from writelens.experiments.common import (
+    as_passages,
+    out_proj_slice,
+    run_rows,
+    single_head_sae,
+    site_tuple,
+    unembedding,
+)
+
+__all__ = ["AttributionOptions", "AttributionResult", "AttributionStats", "attribution", "native_point",
+           "propagate_delta"]
+
+
+@dataclass
+class AttributionOptions(JsonMixin):
+    """Options of :func:`attribution`.
+
+    Attributes:
+        t0: the edit position (None: one seeded position per passage in [min_t0, T − 1 − max(horizons)]).
+        min_t0: the smallest t0 drawn.
+        horizons: eval positions t = t0 + h (h ≥ 0; h = 0 is the read at t0 itself).
+        target_ranks: eval tokens: the native rank-r token of the distribution at t (1 = the top-1 prediction).
+        epsilon_mode: ``"absolute"`` (‖ΔS‖_F = ε) or ``"write_norm"`` (ε × ‖β k̂ vᵀ‖_F of the native write at t0).
+        seed: t0 draws. batch_rows: edited rows per forward. scan_batch: passages per native pass. progress: bars.
+    """
+
+    t0: int | None = None
+    min_t0: int = 4
+    horizons: tuple[int, ...] = (1, 2, 4, 8)
+    target_ranks: tuple[int, ...] = (1,)
+    epsilon_mode: Literal["absolute", "write_norm"] = "absolute"
+    seed: int = 2026
+    batch_rows: int = 48
+    scan_batch: int = 8
+    progress: bool = True
+
+
+@dataclass
+class AttributionStats(JsonMixin):
+    """R² (zero fitted parameters unless ``_fitted``) of each predictor against the measured change.
+
+    ``r2``: pooled over everything; ``r2_per_atom`` {atom: R²}; ``r2_cells`` median / quartiles of per (atom, ε)
+    cell R²; ``r2_by_epsilon`` / ``r2_by_rank`` pooled within each ε / target rank; ``r2_fitted_per_atom``: with one
+    least-squares scale per atom (labelled: a fitted variant); ``sign_agreement`` with a Wilson CI.
+    """
+
+    r2: float
+    r2_per_atom: dict[str, float]
+    r2_cells_median: float
+    r2_cells_q25: float
+    r2_cells_q75: float
+    r2_by_epsilon: dict[str, float]
+    r2_by_rank: dict[str, float]
+    r2_fitted_per_atom: dict[str, float]
+    fitted_scale_per_atom: dict[str, float]
+    sign_agreement: st.Interval
+
+
+@dataclass
+class AttributionResult(ExperimentResult):
+    """Columns (one entry per passage × atom × ε × horizon × rank): ``passage``, ``atom``, ``epsilon`` (as given),
+    ``epsilon_abs`` (‖ΔS‖_F), ``t0``, ``t``, ``rank``, ``token``, ``measured``, ``exact``, ``three_factor``; with
+    :class:`AttributionStats` for ``exact`` and ``three_factor``."""
+
+    options: AttributionOptions
+    layer: int
+    head: int
+    atoms: list[int]
+    epsilons: list[float]
+    passage: list[int]
+    atom: list[int]
+    epsilon: list[float]
+    epsilon_abs: list[float]
+    t0: list[int]
+    t: list[int]
+    rank: list[int]
+    token: list[int]
+    measured: list[float]
+    exact: list[float]
+    three_factor: list[float]
+    stats_exact: AttributionStats
+    stats_three_factor: AttributionStats
+    elapsed_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        e, f = self.stats_exact, self.stats_three_factor
+        return {
+            "site": f"L{self.layer}H{self.head}", "n_points": len(self.measured), "n_atoms": len(self.atoms),
+            "r2_exact": e.r2, "r2_exact_atom_median": _median(e.r2_per_atom), "r2_exact_cells_median": e.r2_cells_median,
+            "r2_three_factor": f.r2, "r2_three_factor_atom_median": _median(f.r2_per_atom),
+            "r2_three_factor_fitted_atom_median": _median(f.r2_fitted_per_atom),
+            "sign_agreement_exact": e.sign_agreement.estimate, "sign_agreement_three_factor": f.sign_agreement.estimate,
+            "epsilon_mode": self.options.epsilon_mode, "seed": self.options.seed,
+        }
+
+
+def _median(d: dict[str, float]) -> float:
+    vals = [v for v in d.values() if v is not None and np.isfinite(v)]
+    return float(np.median(vals)) if vals else float("nan")
+
+
+@dataclass
+class NativePoint:
+    """Native quantities of a site along passages (for the linearised output path), [B, T, ...] each."""
+
+    logits: Float[Tensor, "B T V"]
+    key: Float[Tensor, "B T d_k"]
+    beta: Float[Tensor, "B T"]
+    alpha: Float[Tensor, "B T"]
+    query: Float[Tensor, "B T d_k"]
+    scale: float
+    output: Float[Tensor, "B T d_v"]
+    gate: Float[Tensor, "B T d_v"]
+    residual: Float[Tensor, "B T d_model"]
+    write_norm: Float[Tensor, "B T"]
+
+
+@torch.no_grad()
+def native_point(lens, layer: int, head: int, ids) -> NativePoint:
+    """One native run recording the site's factors, its kernel output o and gate z (inputs of the gated norm) and
+    the residual entering the final norm."""
+    module = lens.adapter.layer_modules[layer]
+    final_norm = lens.adapter.decoder.norm
+    seen: dict[str, Tensor] = {}
+
+    def grab_gate(mod, args):
+        seen["o"], seen["z"] = args[0].detach(), args[1].detach()
+
+    def grab_final(mod, args):
+        seen["h"] = args[0].detach()
+
+    handles = [module.norm.register_forward_pre_hook(grab_gate), final_norm.register_forward_pre_hook(grab_final)]
+    try:
+        out = lens.run(ids, cache=True, sites=[(layer, head)])
+    finally:
+        for h in handles:
+            h.remove()
+    w = out.cache.write(layer, head)
+    b, t = ids.shape
+    z = seen["z"].reshape(b, t, -1, w.output.shape[-1])[:, :, head].float()
+    o = seen["o"].reshape(b, t, -1, w.output.shape[-1])[:, :, head].float()
+    return NativePoint(out.logits.float(), w.key, w.beta, w.alpha, w.query, w.scale, o, z, seen["h"].float(),
+                       w.beta.abs() * w.key.norm(dim=-1) * w.value.norm(dim=-1))
+
+
+def propagate_delta(point: NativePoint, row: int, t0: int, delta: Float[Tensor, "A d_k d_v"], t_max: int,
+                    with_read: bool = True) -> Float[Tensor, "A L d_v"]:
+    """Exact δo_t for t = t0 … t_max of perturbations ``delta`` added to S_{t0} of passage ``row`` (float64):
+    ``δS_s = α_s (δS_{s−1} − β_s k̂_s (k̂_sᵀ δS_{s−1}))``, ``δo_s = scale · δS_sᵀ q̂_s``. Returns [A, t_max−t0+1, d_v]."""
+    ds = delta.double()
+    outs = []
+    for s in range(t0, t_max + 1):
+        if s > t0:
+            k = point.key[row, s].double()
+            ds = point.alpha[row, s].double() * (ds - point.beta[row, s].double() * k[None, :, None]
+                                                 * torch.einsum("k,akv->av", k, ds)[:, None, :])
+        q = point.query[row, s].double()
+        do = point.scale * torch.einsum("akv,k->av", ds, q)
+        outs.append(do if (s > t0 or with_read) else torch.zeros_like(do))
+    return torch.stack(outs, 1)
+
+
+def _direct_path(lens, layer: int, head: int, point: NativePoint, row: int, ts: list[int], d_o: Tensor) -> Tensor:
+    """δ residual at the final norm's output for δo [A, len(ts), d_v] through the linearised direct path."""
+    norm = lens.adapter.layer_modules[layer].norm
+    final_norm = lens.adapter.decoder.norm
+    a, n, dv = d_o.shape
+    o = point.output[row, ts].expand(a, n, dv).reshape(-1, dv)
+    z = point.gate[row, ts].expand(a, n, dv).reshape(-1, dv)
+    _, dy = torch.func.jvp(lambda x: norm(x, z), (o,), (d_o.reshape(-1, dv).float(),))
+    w_o = out_proj_slice(lens, layer, head)
+    dh = dy @ w_o.T
+    h = point.residual[row, ts].expand(a, n, -1).reshape(-1, dh.shape[-1])
+    _, dhf = torch.func.jvp(final_norm, (h,), (dh,))
+    return dhf.reshape(a, n, -1)
+
+
+@torch.no_grad()
+def attribution(lens, sae, site, passages, atoms, epsilons, options: AttributionOptions | None = None
+                ) -> AttributionResult:
+    """Predicted vs measured logit changes of adding ``ε u_i w_iᵀ`` at t0 (see the module doc).
+
+    Args:
+        sae: the SAE whose atoms are used (unit-norm factors from ``sae.atoms``; rank-1 part of rank-r atoms).
+        passages: token ids [N, T]. atoms: feature ids. epsilons: ε values (see ``epsilon_mode``).
+    """
+    options = options or AttributionOptions()
+    started = time.perf_counter()
+    layer, head = site_tuple(site)
+    sae = single_head_sae(sae, head)
+    ids = as_passages(passages)
+    n, length = ids.shape
+    hmax = max(options.horizons)
+    rng = np.random.default_rng(options.seed)
+    hi = length - 1 - hmax
+    if hi < options.min_t0:
+        raise ValueError(f"passages of {length} tokens are too short for min_t0={options.min_t0} and horizon {hmax}")
+    t0s = [options.t0 if options.t0 is not None else int(rng.integers(options.min_t0, hi + 1)) for _ in range(n)]
+    atom_ids = [int(a) for a in atoms]
+    fac = sae.atoms(atom_ids)
+    u, w = fac.key[:, 0].float(), fac.value[:, 0].float()  # [A, d_k], [A, d_v]
+    unit = torch.einsum("ak,av->akv", u, w)
+    w_u = unembedding(lens)
+    w_o = out_proj_slice(lens, layer, head)
+    cols: dict[str, list] = {k: [] for k in ("passage", "atom", "epsilon", "epsilon_abs", "t0", "t", "rank", "token",
+                                             "exact", "three_factor")}
+    rows, natives, keys = [], {}, []
+    for start in progress(range(0, n, options.scan_batch), desc="attribution: native", enabled=options.progress):
+        batch = ids[start : start + options.scan_batch]
+        point = native_point(lens, layer, head, batch)
+        for r in range(batch.shape[0]):
+            p, t0 = start + r, t0s[start + r]
+            ts = [t0 + h for h in options.horizons]
+            d_o = propagate_delta(point, r, t0, unit, t0 + hmax)[:, [h for h in options.horizons]]  # [A, H, d_v]
+            dhf = _direct_path(lens, layer, head, point, r, ts, d_o)  # [A, H, d_model]
+            gain = torch.cumprod(point.alpha[r, t0 + 1 : t0 + hmax + 1].double(), 0)
+            gain = torch.cat([torch.ones(1, dtype=torch.float64), gain])[list(options.horizons)]  # [H]
+            read = torch.einsum("ak,hk->ah", u.double(), point.query[r, ts].double()) * point.scale  # [A, H]
+            logits = point.logits[r, ts]  # [H, V]
+            order = logits.argsort(-1, descending=True)
+            for hi_, t in enumerate(ts):
+                for rank in options.target_ranks:
+                    tok = int(order[hi_, rank - 1])
+                    natives[(p, t, tok)] = float(logits[hi_, tok])
+                    exact = (dhf[:, hi_] @ w_u[tok]).double()  # [A]
+                    value_dir = (w.double() @ (w_o.T.double() @ w_u[tok].double()))  # [A]
+                    three = gain[hi_] * read[:, hi_] * value_dir
+                    for ai, atom in enumerate(atom_ids):
+                        keys.append((p, atom, t, tok, rank, t0, float(exact[ai]), float(three[ai])))
+            wn = float(point.write_norm[r, t0])
+            for ai, atom in enumerate(atom_ids):
+                for eps in epsilons:
+                    e_abs = float(eps) * (wn if options.epsilon_mode == "write_norm" else 1.0)
+                    rows.append((p, [Add(layer, head, t0, key=u[ai], value=w[ai], scale=e_abs)], atom, float(eps), e_abs))
+    edit_rows = [(p, es) for p, es, *_ in rows]
+    wanted: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for (p, atom, t, tok, *_rest) in keys:
+        wanted.setdefault((p, atom), []).append((t, tok))
+
+    def reduce(i: int, logits):
+        p, _, atom, _, _ = rows[i]
+        return {(t, tok): float(logits[t, tok]) for t, tok in wanted[(p, atom)]}
+
+    edited = run_rows(lens, ids, edit_rows, reduce, batch_rows=options.batch_rows, desc="attribution: edited",
+                      show=options.progress)
+    by_row = {(rows[i][0], rows[i][2], rows[i][3]): (rows[i][4], edited[i]) for i in range(len(rows))}
+    measured = []
+    for (p, atom, t, tok, rank, t0, exact, three) in keys:
+        for eps in epsilons:
+            e_abs, values = by_row[(p, atom, float(eps))]
+            for name, v in (("passage", p), ("atom", atom), ("epsilon", float(eps)), ("epsilon_abs", e_abs),
+                            ("t0", t0), ("t", t), ("rank", rank), ("token", tok), ("exact", exact * e_abs),
+                            ("three_factor", three * e_abs)):
+                cols[name].append(v)
+            measured.append(values[(t, tok)] - natives[(p, t, tok)])
+    stats_exact = _stats(measured, cols["exact"], cols)
+    stats_three = _stats(measured, cols["three_factor"], cols)
+    return AttributionResult(
+        options=options, layer=layer, head=head, atoms=atom_ids, epsilons=[float(e) for e in epsilons],
+        measured=measured, stats_exact=stats_exact, stats_three_factor=stats_three,
+        elapsed_s=time.perf_counter() - started,
+        notes=["three_factor: decay and read only (no erase, gated norm, MLP, later layers, final norm)",
+               "exact: exact in-layer δo; direct path linearised (gated norm, W_O^h, final norm, W_U); the same "
+               "layer's MLP and later layers ignored", "R² with zero fitted parameters unless named *_fitted"],
+        **cols,
+    )
+
+
+def _stats(measured: list[float], predicted: list[float], cols: dict[str, list]) -> AttributionStats:
+    m, p = np.asarray(measured), np.asarray(predicted)
+
+    def groups(*names):
+        out: dict[tuple, list[int]] = {}
+        for i, key in enumerate(zip(*(cols[nm] for nm in names), strict=False)):
+            out.setdefault(key, []).append(i)
+        return out
+
+    per_atom = {str(k[0]): st.r_squared(m[ix], p[ix]) for k, ix in groups("atom").items()}
+    fitted, scales = {}, {}
+    for k, ix in groups("atom").items():
+        c = st.fitted_scale(m[ix], p[ix])
+        scales[str(k[0])] = c
+        fitted[str(k[0])] = st.r_squared(m[ix], c * p[ix])
+    cells = np.array([st.r_squared(m[ix], p[ix]) for ix in groups("atom", "epsilon").values()])
+    cells = cells[np.isfinite(cells)]
+    q = np.quantile(cells, [0.25, 0.5, 0.75]) if cells.size else [float("nan")] * 3
+    scale = max(float(np.abs(m).max()) if m.size else 0.0, 1e-30)
+    return AttributionStats(
+        r2=st.r_squared(m, p), r2_per_atom=per_atom, r2_cells_median=float(q[1]), r2_cells_q25=float(q[0]),
+        r2_cells_q75=float(q[2]),
+        r2_by_epsilon={str(k[0]): st.r_squared(m[ix], p[ix]) for k, ix in groups("epsilon").items()},
+        r2_by_rank={str(k[0]): st.r_squared(m[ix], p[ix]) for k, ix in groups("rank").items()},
+        r2_fitted_per_atom=fitted, fitted_scale_per_atom=scales,
+        sign_agreement=st.sign_agreement(m, p, atol=1e-6 * scale),
+    )

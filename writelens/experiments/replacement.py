@@ -1,0 +1,341 @@
+"""The replacement (substitution) test (method.md §3; conventions.md "Decisions").
+
+For each firing — a position t of a passage where the SAE, encoding the state after t's write at the site, has an
+active feature — the native write ``β_t k̂_t v_tᵀ`` is replaced, with the exact edit engine, by
+
+- **atom**: the dominant TopK atom at t, ``s · u_j w_jᵀ`` (unit factors; ``s`` = its coefficient times the atom's
+  decoder norm, or the native write norm with ``scale='matched_norm'``);
+- **delete**: nothing (the write is removed; decay and erase terms stay);
+- **random**: a fresh seeded Gaussian rank-1 ``r zᵀ`` at the same ``s`` (or a random alive non-firing atom);
+- optionally **flat_svd**: the top-1 SVD of a flat SAE's reconstruction of S_t, at the native norm (App F.4).
+
+The effect is ``KL(p_native ‖ p_edited)`` (float64 log-softmax) at the last position of the passage (or the next
+token, or the mean over every position from t on). Many firings run per forward, one firing per batch row.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from writelens.edits import Add, Delete, RandomAtom, Replace
+from writelens.errors import SAEInputError
+from writelens.experiments import stats as st
+from writelens.experiments.base import ExperimentResult, JsonMixin
+from writelens.experiments.common import (
+    KLDirection,
+    KLPosition,
+    as_passages,
+    kl_from_logits,
+    kl_positions,
+    run_rows,
+    scan_site,
+    single_head_sae,
+    site_tuple,
+)
+
+__all__ = ["ReplacementOptions", "ReplacementStats", "ReplacementResult", "MedianSE", "replacement_test",
+           "replacement_stats"]
+
+
+@dataclass
+class ReplacementOptions(JsonMixin):
+    """Options of :func:`replacement_test`.
+
+    Attributes:
+        scale: ``"coefficient"`` (the SAE coefficient of the atom, unit-norm factors) or ``"matched_norm"``
+            (‖β k̂ vᵀ‖_F of the native write).
+        kl_position: ``"last"`` (last position of the passage), ``"next"`` (the first affected distribution only)
+            or ``"mean_from_t"`` (mean over every position from the edit on).
+        kl_direction: ``"native_edited"`` = KL(p_native ‖ p_edited) or ``"edited_native"``.
+        timing: edit timing, ``"with_read"`` (the read at t sees the edit) or ``"after_read"``.
+        features: only positions where one of these features fires (None: every position with any active
+            feature); each position gives one firing, attributed to its highest-coefficient named feature.
+        atom_choice: ``"dominant"`` (the largest-coefficient atom at t, the paper's choice) or ``"feature"`` (the
+            firing feature's own atom).
+        random_control: ``"gaussian"`` (fresh r zᵀ per firing) or ``"alive_atom"`` (a random alive atom not active
+            at t).
+        min_position: skip firings before this position.
+        max_firings: keep at most this many firings (seeded random choice; None: all).
+        firings_per_passage: cap per passage (None: no cap).
+        cap_per_atom: population mode: at most this many firings per feature (None: no cap).
+        min_firings_per_atom: atoms with fewer firings are left out of the per-atom population mean.
+        baseline: ``"none"`` or ``"flat_svd"`` (needs ``flat_sae=``).
+        n_bootstrap: cluster-bootstrap resamples. seed: firing choice, random atoms, bootstrap.
+        batch_rows: edited rows per forward. scan_batch: passages per native pass. progress: tqdm bars.
+    """
+
+    scale: Literal["coefficient", "matched_norm"] = "coefficient"
+    kl_position: KLPosition = "last"
+    kl_direction: KLDirection = "native_edited"
+    timing: Literal["with_read", "after_read"] = "with_read"
+    features: list[int] | None = None
+    atom_choice: Literal["dominant", "feature"] = "dominant"
+    random_control: Literal["gaussian", "alive_atom"] = "gaussian"
+    min_position: int = 1
+    max_firings: int | None = 2000
+    firings_per_passage: int | None = None
+    cap_per_atom: int | None = None
+    min_firings_per_atom: int = 5
+    baseline: Literal["none", "flat_svd"] = "none"
+    n_bootstrap: int = 2000
+    seed: int = 2026
+    batch_rows: int = 48
+    scan_batch: int = 8
+    progress: bool = True
+
+
+@dataclass
+class MedianSE(JsonMixin):
+    """A median with its MAD/√n."""
+
+    median: float
+    se: float
+
+
+@dataclass
+class ReplacementStats(JsonMixin):
+    """The statistics of one replacement test (conditions: atom, delete, random[, flat_svd]).
+
+    ``win_rate``: P(KL_atom < KL_delete) with a Wilson CI; ``strict_chain``: P(atom < delete < random);
+    ``atom_beats_random``: P(atom < random); ``medians``: median ± MAD/√n per condition; ``ratio_of_medians``:
+    median(cond)/median(atom); ``median_ratio``: median over firings of KL_cond/KL_atom; ``bootstrap_by_atom`` /
+    ``bootstrap_by_passage``: cluster-bootstrap CIs of the win rate; ``wilcoxon``: atom vs delete;
+    ``cliffs_delta``: δ(KL_delete, KL_atom) (positive: the atom's KL is smaller); ``population``: per-atom win rates
+    (atoms with ≥ ``min_firings_per_atom``); ``flat_svd_win_rate``: P(KL_flat_svd < KL_delete).
+    """
+
+    n_firings: int
+    n_atoms: int
+    n_passages: int
+    win_rate: st.Interval
+    strict_chain: st.Interval
+    atom_beats_random: st.Interval
+    medians: dict[str, MedianSE]
+    ratio_of_medians: dict[str, float]
+    median_ratio: dict[str, float]
+    bootstrap_by_atom: st.BootstrapCI
+    bootstrap_by_passage: st.BootstrapCI
+    wilcoxon: st.WilcoxonResult
+    cliffs_delta: float
+    population: st.PopulationMean
+    flat_svd_win_rate: st.Interval | None = None
+
+
+@dataclass
+class ReplacementResult(ExperimentResult):
+    """Per-firing KLs and their statistics. Columns (one entry per firing): ``passage``, ``position``,
+    ``feature`` (the firing feature), ``atom`` (the substituted atom), ``coefficient`` (the atom's coefficient),
+    ``scale`` (‖substituted atom‖_F), ``native_norm`` (‖β k̂ vᵀ‖_F), ``random_seed``, ``random_atom`` (alive-atom
+    control, else −1) and ``kl_atom`` / ``kl_delete`` / ``kl_random`` / ``kl_flat_svd``."""
+
+    options: ReplacementOptions
+    layer: int
+    head: int
+    n_passages: int
+    passage_length: int
+    sae_info: dict[str, Any]
+    passage: list[int]
+    position: list[int]
+    feature: list[int]
+    atom: list[int]
+    coefficient: list[float]
+    scale: list[float]
+    native_norm: list[float]
+    random_seed: list[int]
+    random_atom: list[int]
+    kl_atom: list[float]
+    kl_delete: list[float]
+    kl_random: list[float]
+    kl_flat_svd: list[float] | None
+    stats: ReplacementStats
+    elapsed_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        s = self.stats
+        out = {
+            "site": f"L{self.layer}H{self.head}", "n_firings": s.n_firings, "n_atoms": s.n_atoms,
+            "n_passages": s.n_passages, "win_rate": s.win_rate.estimate, "win_rate_lo": s.win_rate.lo,
+            "win_rate_hi": s.win_rate.hi, "strict_chain_rate": s.strict_chain.estimate,
+            "median_kl_atom": s.medians["atom"].median, "median_kl_delete": s.medians["delete"].median,
+            "median_kl_random": s.medians["random"].median,
+            "ratio_of_medians_delete": s.ratio_of_medians["delete"],
+            "ratio_of_medians_random": s.ratio_of_medians["random"],
+            "bootstrap_atom_lo": s.bootstrap_by_atom.lo, "bootstrap_atom_hi": s.bootstrap_by_atom.hi,
+            "bootstrap_passage_lo": s.bootstrap_by_passage.lo, "bootstrap_passage_hi": s.bootstrap_by_passage.hi,
+            "wilcoxon_p": s.wilcoxon.p_value, "cliffs_delta": s.cliffs_delta,
+            "population_mean": s.population.mean, "population_n_atoms": s.population.n_atoms,
+            "scale_mode": self.options.scale, "kl_position": self.options.kl_position, "seed": self.options.seed,
+        }
+        if s.flat_svd_win_rate is not None:
+            out["flat_svd_win_rate"] = s.flat_svd_win_rate.estimate
+        return out
+
+
+def replacement_stats(kl_atom, kl_delete, kl_random, features, passages, *, kl_flat_svd=None, n_bootstrap: int = 2000,
+                      seed: int = 2026, min_firings_per_atom: int = 5) -> ReplacementStats:
+    """Every statistic of :class:`ReplacementStats` from per-firing KLs and cluster labels."""
+    a, d, r = (np.asarray(x, dtype=np.float64) for x in (kl_atom, kl_delete, kl_random))
+    win = (a < d).astype(np.float64)
+    conds = {"atom": a, "delete": d, "random": r}
+    if kl_flat_svd is not None:
+        conds["flat_svd"] = np.asarray(kl_flat_svd, dtype=np.float64)
+    safe = np.where(a > 0, a, np.nan)
+    return ReplacementStats(
+        n_firings=int(a.size),
+        n_atoms=len(set(features)),
+        n_passages=len(set(passages)),
+        win_rate=st.proportion(win),
+        strict_chain=st.proportion((a < d) & (d < r)),
+        atom_beats_random=st.proportion(a < r),
+        medians={k: MedianSE(*st.median_mad(v)) for k, v in conds.items()},
+        ratio_of_medians={k: st.ratio_of_medians(v, a) for k, v in conds.items() if k != "atom"},
+        median_ratio={k: float(np.nanmedian(v / safe)) if np.isfinite(v / safe).any() else float("nan")
+                      for k, v in conds.items() if k != "atom"},
+        bootstrap_by_atom=st.cluster_bootstrap(win, features, n_resamples=n_bootstrap, seed=seed),
+        bootstrap_by_passage=st.cluster_bootstrap(win, passages, n_resamples=n_bootstrap, seed=seed + 1),
+        wilcoxon=st.paired_wilcoxon(a, d),
+        cliffs_delta=st.cliffs_delta(d, a),
+        population=st.per_atom_population(win, features, min_firings=min_firings_per_atom),
+        flat_svd_win_rate=st.proportion(conds["flat_svd"] < d) if "flat_svd" in conds else None,
+    )
+
+
+def _select_firings(scan, options: ReplacementOptions, length: int) -> list[tuple[int, int, int, int, float]]:
+    """(passage, position, feature, atom, atom coefficient) of the chosen firings, in passage order."""
+    values, indices = scan.values, scan.indices
+    rng = np.random.default_rng(options.seed)
+    named = None if options.features is None else torch.tensor(sorted(set(options.features)))
+    candidates = []
+    for p in range(values.shape[0]):
+        for t in range(options.min_position, length):
+            if not kl_positions(t, length, options.kl_position, options.timing):
+                continue
+            v, ix = values[p, t], indices[p, t]
+            active = v > 0
+            if not bool(active.any()):
+                continue
+            j = int(torch.argmax(torch.where(active, v, torch.full_like(v, -1.0))))
+            dominant, dom_coef = int(ix[j]), float(v[j])
+            if named is None:
+                feature = dominant
+            else:
+                hit = active & torch.isin(ix, named)
+                if not bool(hit.any()):
+                    continue
+                k = int(torch.argmax(torch.where(hit, v, torch.full_like(v, -1.0))))
+                feature = int(ix[k])
+            if options.atom_choice == "feature":
+                coef = float(v[ix == feature].max())
+                candidates.append((p, t, feature, feature, coef))
+            else:
+                candidates.append((p, t, feature, dominant, dom_coef))
+    order = rng.permutation(len(candidates))
+    per_passage: dict[int, int] = {}
+    per_atom: dict[int, int] = {}
+    chosen = []
+    for i in order.tolist():
+        p, t, feature, atom, coef = candidates[i]
+        if options.firings_per_passage is not None and per_passage.get(p, 0) >= options.firings_per_passage:
+            continue
+        if options.cap_per_atom is not None and per_atom.get(feature, 0) >= options.cap_per_atom:
+            continue
+        per_passage[p] = per_passage.get(p, 0) + 1
+        per_atom[feature] = per_atom.get(feature, 0) + 1
+        chosen.append(candidates[i])
+        if options.max_firings is not None and len(chosen) >= options.max_firings:
+            break
+    return sorted(chosen, key=lambda c: (c[0], c[1]))
+
+
+def _atom_edit(layer, head, t, atoms, row, scale, timing):
+    """Replace the write at t by atom ``row`` of ``atoms`` at Frobenius norm ``scale`` (None: matched norm)."""
+    if atoms.key.shape[1] == 1:
+        return [Replace(layer, head, t, key=atoms.key[row, 0], value=atoms.value[row, 0], scale=scale, timing=timing)]
+    matrix = atoms.matrix()[row]
+    return [Delete(layer, head, t, timing=timing),
+            Add(layer, head, t, matrix=matrix / matrix.norm(), scale=float(scale), timing=timing)]
+
+
+@torch.no_grad()
+def replacement_test(lens, sae, site, passages, options: ReplacementOptions | None = None, *,
+                     flat_sae=None) -> ReplacementResult:
+    """Run the replacement test at ``site`` ((layer, head) or a ``Site``) on ``passages`` (token ids [N, T]).
+
+    Args:
+        lens: a :class:`writelens.WriteLens`.
+        sae: a matrix SAE of that site (BilinearSAE/MatrixSAE; a stacked SAE is reduced to the head).
+        flat_sae: a FlatSAE of the same site for ``baseline='flat_svd'``.
+    Returns:
+        :class:`ReplacementResult` (per-firing KL triples, statistics, options and seeds).
+    """
+    options = options or ReplacementOptions()
+    started = time.perf_counter()
+    layer, head = site_tuple(site)
+    sae = single_head_sae(sae, head)
+    if options.baseline == "flat_svd" and flat_sae is None:
+        raise SAEInputError("baseline='flat_svd' needs flat_sae= (a FlatSAE trained on the same site).")
+    ids = as_passages(passages)
+    n, length = ids.shape
+    scan = scan_site(lens, sae, (layer, head), ids, min_position=options.min_position, batch_size=options.scan_batch,
+                     flat_sae=flat_sae if options.baseline == "flat_svd" else None, show=options.progress)
+    firings = _select_firings(scan, options, length)
+    atom_ids = sorted({f[3] for f in firings})
+    atoms = sae.atoms(atom_ids) if atom_ids else None
+    row_of = {a: i for i, a in enumerate(atom_ids)}
+    atom_norm = atoms.matrix().flatten(1).norm(dim=-1) if atoms is not None else None
+    alive = torch.unique(scan.indices[scan.values > 0]).tolist()
+    rng = np.random.default_rng(options.seed + 7)
+    conditions = ["atom", "delete", "random"] + (["flat_svd"] if options.baseline == "flat_svd" else [])
+    rows, meta = [], []
+    for i, (p, t, _feature, atom, coef) in enumerate(firings):
+        timing = options.timing
+        scale = coef * float(atom_norm[row_of[atom]]) if options.scale == "coefficient" else None
+        seed = int(options.seed) * 1_000_003 + i
+        random_atom = -1
+        rows.append((p, _atom_edit(layer, head, t, atoms, row_of[atom], scale, timing)))
+        rows.append((p, [Delete(layer, head, t, timing=timing)]))
+        if options.random_control == "alive_atom":
+            active = set(scan.indices[p, t][scan.values[p, t] > 0].tolist())
+            pool = [a for a in alive if a not in active] or [a for a in range(sae.cfg.n_features) if a not in active]
+            random_atom = int(pool[int(rng.integers(len(pool)))])
+            ra = sae.atoms([random_atom])
+            rows.append((p, _atom_edit(layer, head, t, ra, 0, scale, timing)))
+        else:
+            rows.append((p, [RandomAtom(layer, head, t, scale=scale, seed=seed, timing=timing)]))
+        if options.baseline == "flat_svd":
+            fk, fv = scan.flat_svd
+            rows.append((p, [Replace(layer, head, t, key=fk[p, t], value=fv[p, t], scale=None, timing=timing)]))
+        native = float(scan.write_norm[p, t])
+        meta.append((scale if scale is not None else native, native, seed, random_atom))
+
+    def reduce(r: int, logits):
+        p, t = rows[r][0], firings[r // len(conditions)][1]
+        pos = kl_positions(t, length, options.kl_position, options.timing)
+        return float(kl_from_logits(scan.logits[p, pos], logits[pos].float(), options.kl_direction).mean())
+
+    kls = run_rows(lens, ids, rows, reduce, batch_rows=options.batch_rows, desc="replacement", show=options.progress)
+    by_cond = {c: kls[k :: len(conditions)] for k, c in enumerate(conditions)}
+    feats = [f[2] for f in firings]
+    psg = [f[0] for f in firings]
+    stats = replacement_stats(by_cond["atom"], by_cond["delete"], by_cond["random"], feats, psg,
+                              kl_flat_svd=by_cond.get("flat_svd"), n_bootstrap=options.n_bootstrap, seed=options.seed,
+                              min_firings_per_atom=options.min_firings_per_atom)
+    cfg = sae.cfg
+    return ReplacementResult(
+        options=options, layer=layer, head=head, n_passages=n, passage_length=length,
+        sae_info={"architecture": cfg.architecture, "n_features": cfg.n_features, "k": cfg.k, "rank": cfg.rank,
+                  "activation": cfg.activation, "metadata": {k: str(v) for k, v in cfg.metadata.items()}},
+        passage=psg, position=[f[1] for f in firings], feature=feats, atom=[f[3] for f in firings],
+        coefficient=[f[4] for f in firings], scale=[m[0] for m in meta], native_norm=[m[1] for m in meta],
+        random_seed=[m[2] for m in meta], random_atom=[m[3] for m in meta],
+        kl_atom=by_cond["atom"], kl_delete=by_cond["delete"], kl_random=by_cond["random"],
+        kl_flat_svd=by_cond.get("flat_svd"), stats=stats, elapsed_s=time.perf_counter() - started,
+        notes=["KL in float64 log-softmax; one firing per (passage, position); random atoms seeded per firing as "
+               "seed*1000003+i"],
+    )
