@@ -241,3 +241,16 @@ def test_self_check_detects_a_changed_kernel(monkeypatch):
     monkeypatch.setattr(modeling.rwkv7_recurrent, "original", changed_kernel)
     with pytest.raises(errors.SelfCheckError, match="transformers"):
         lens.self_check()
+
+
+def test_fla_rwkv7_is_refused_with_a_pointer_to_rwkv7_hf():
+    """fla's RWKV-7 (GPU-only kernels) is recognised and refused clearly (fla cannot be imported on CPU, so a
+    stand-in with fla's class and module names is used)."""
+    fla_attention = type("RWKV7Attention", (torch.nn.Module,), {"__module__": "fla.layers.rwkv7"})
+    block = torch.nn.Module()
+    block.attn = fla_attention()
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.layers = torch.nn.ModuleList([block])
+    with pytest.raises(errors.UnsupportedModelError, match="rwkv7-hf"):
+        wl.WriteLens(model)

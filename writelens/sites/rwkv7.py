@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from writelens.errors import UnsupportedModelError
 from writelens.sites.base import (
     FamilyAdapter,
     Injection,
@@ -230,6 +231,10 @@ def _is_timemix(module: Any) -> bool:
             and hasattr(sys.modules.get(type(module).__module__), "rwkv7_recurrent"))
 
 
+def _is_fla_rwkv7(module: Any) -> bool:
+    return type(module).__name__ == "RWKV7Attention" and type(module).__module__.startswith("fla.")
+
+
 @register_family
 class RWKV7Adapter(FamilyAdapter):
     """``rwkv7-hf`` ``RWKV7ForCausalLM``: every layer ``model.model.layers[i].attn`` is recurrent."""
@@ -240,9 +245,16 @@ class RWKV7Adapter(FamilyAdapter):
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         layers = getattr(getattr(model, "model", None), "layers", None)
-        return layers is not None and any(_is_timemix(getattr(layer, "attn", None)) for layer in layers)
+        return layers is not None and any(_is_timemix(getattr(layer, "attn", None))
+                                          or _is_fla_rwkv7(getattr(layer, "attn", None)) for layer in layers)
 
     def __init__(self, model: nn.Module):
+        if any(_is_fla_rwkv7(getattr(layer, "attn", None)) for layer in model.model.layers):
+            raise UnsupportedModelError(
+                f"{type(model).__name__} is fla's RWKV-7 (triton kernels, GPU only), which writelens does not "
+                "intercept; load the same checkpoint with the pure-PyTorch rwkv7-hf package "
+                "(rwkv7_hf.modeling_rwkv7.RWKV7ForCausalLM) to use RWKV-7 write sites."
+            )
         super().__init__(model)
         self._layers = model.model.layers
         self._modules = {i: layer.attn for i, layer in enumerate(self._layers) if _is_timemix(layer.attn)}
