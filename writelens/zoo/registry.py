@@ -103,7 +103,7 @@ ENTRIES: dict[str, ZooEntry] = {
             "Mamba-2 (Mamba2ForCausalLM), 8 layers, hidden 256, 8 heads of 64, d_state 64; trained on KJV",
             "Mamba2ForCausalLM",
             mamba2_tiny_config,
-            dict(steps=1000, batch=8, seq_len=256, lr=2e-3),
+            dict(steps=800, batch=8, seq_len=256, lr=2e-3),
         ),
     )
 }

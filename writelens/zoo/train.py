@@ -7,6 +7,12 @@ token stream (AdamW, linear warmup + cosine decay, gradient clipping, fp32 on CP
 ``model.safetensors`` + ``config.json`` + tokenizer files, ``metrics.json`` and a model card ``README.md``
 into ``--out`` (default: the shipped folder ``writelens/zoo/models/<name>``). The metrics are measured on the
 *saved* folder, reloaded with ``AutoModelForCausalLM.from_pretrained``.
+
+The shipped models were trained on a shared 2-core machine with
+``OMP_WAIT_POLICY=PASSIVE nice -n 10 python -m writelens.zoo.train NAME`` (PASSIVE keeps two OpenMP threads from
+spin-waiting each other into a 10x slowdown when other jobs hold the cores). Results are seeded, but bit-exact
+only for the same torch build and thread count. ``--recard`` rewrites ``README.md`` from a folder's
+``metrics.json`` and ``config.json`` without training.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -59,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=200, help="log a held-out loss every N steps (0: never)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the shipped folder)")
     p.add_argument("--corpus", type=Path, default=None, help='a `bible -f "Gen1:1-Rev22:21"` dump')
+    p.add_argument(
+        "--recard", action="store_true", help="only rewrite README.md of --out from its metrics.json"
+    )
     args = p.parse_args(argv)
     for k, v in ENTRIES[args.name].train_defaults.items():
         if getattr(args, k) is None:
@@ -219,6 +229,12 @@ def measure(
             "transformers": transformers.__version__,
             "python": platform.python_version(),
         },
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            "nice": os.nice(0),
+            "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
+        },
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (args.out / "README.md").write_text(model_card(metrics, model.config.to_dict()))
@@ -287,7 +303,7 @@ Tokenizer: byte-level BPE, {config["vocab_size"]:,} ids, trained on the train sp
 {tr["grad_clip"]}, seed {tr["seed"]}, fp32 on CPU ({tr["threads"]} threads).
 Tokens seen: {tr["tokens_seen"]:,} ({tr["tokens_seen"] / tr["train_split_tokens"]:.1f} epochs).
 Wall time: {tr["train_wall_time_s"] / 60:.1f} min of training ({tr["total_wall_time_s"] / 60:.1f} min in all).
-Versions: torch {m["versions"]["torch"]}, transformers {m["versions"]["transformers"]}.
+Versions: torch {m["versions"]["torch"]}, transformers {m["versions"]["transformers"]}.{machine_note(m)}
 
 Reproduce: `python -m writelens.zoo.train {m["name"]}` (needs `apt-get install -y bible-kjv`).
 
@@ -305,8 +321,35 @@ Reproduce: `python -m writelens.zoo.train {m["name"]}` (needs `apt-get install -
 """
 
 
+def machine_note(m: dict[str, Any]) -> str:
+    """One sentence on the machine the wall time was measured on (empty when not recorded)."""
+    mc = m.get("machine")
+    if not mc:
+        return ""
+    note = (
+        f"\nMachine: {mc['cpu_count']} CPU cores shared with other jobs, nice {mc['nice']}, "
+        f"OMP_WAIT_POLICY={mc['OMP_WAIT_POLICY']}"
+    )
+    if mc.get("loadavg"):
+        note += f", load average {mc['loadavg']} during training"
+    elif mc.get("loadavg_1min_at_end") is not None:
+        note += f", 1-min load average {mc['loadavg_1min_at_end']} at the end"
+    return note + " (the wall time depends on that load)."
+
+
+def recard(folder: Path) -> None:
+    """Rewrite ``folder/README.md`` from its ``metrics.json`` and ``config.json`` (no training)."""
+    m = json.loads((folder / "metrics.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "README.md").write_text(model_card(m, config))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.recard:
+        recard(args.out)
+        print(f"[zoo] rewrote {args.out / 'README.md'}")
+        return
     try:
         m = train(args)
     except FileNotFoundError as e:
