@@ -78,7 +78,8 @@ def test_dominant_atom_is_the_largest_coefficient():
     out = lens().run(ids, cache=True, sites=[(LAYER, HEAD)])
     for i in range(10):
         s = out.cache.state(LAYER, HEAD, res.position[i])[res.passage[i]]
-        codes = sae().encode(s)
+        with torch.no_grad():
+            codes = sae().encode(s)
         assert int(codes.argmax()) == res.atom[i] == res.feature[i]
         assert res.coefficient[i] == pytest.approx(float(codes.max()), rel=1e-5)
 
