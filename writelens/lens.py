@@ -179,9 +179,7 @@ class WriteLens:
         edits = self._check_edits(edits, *ids.shape)
         if (edits and _fast and self.adapter.supports_prefix_reuse and not (cache or use_cache or oracle)
                 and attention_mask is None):
-            from writelens.fastpath import run_with_prefix_reuse
-
-            logits = run_with_prefix_reuse(self, ids, edits)
+            logits = self.adapter.run_with_prefix_reuse(self, ids, edits)
             if not torch.isfinite(logits).all():
                 raise NonFiniteError(
                     "The edited run produced NaN/inf logits; an edit's magnitude is probably enormous — "

@@ -342,6 +342,13 @@ class FamilyAdapter(ABC):
         """How many tokens an HF cache holds."""
         return int(cache.get_seq_length())
 
+    def run_with_prefix_reuse(self, lens: Any, input_ids: Tensor, edits: list[Edit]) -> Tensor:
+        """Logits [B, T, V] of an edited run that reuses the native prefix (``writelens.fastpath``, which builds an
+        HF ``DynamicCache`` at the first edit); a family whose cache that builder cannot make overrides this."""
+        from writelens.fastpath import run_with_prefix_reuse
+
+        return run_with_prefix_reuse(lens, input_ids, edits)
+
     def forward(self, input_ids: Tensor, cache: Any = None, use_cache: bool = False,
                 position_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Any:
         """Call the model; returns its output (with ``.logits``)."""
