@@ -231,16 +231,23 @@ def test_cache_branching(lens):
 
 
 def test_prefix_reuse_equals_full_forward_and_oracle(lens):
-    x = ids(3, 90, seed=12).repeat_interleave(2, 0)
+    """Each call is one group of rows continued from its first edit (conv history and exact states at s0 − 1,
+    lower layers short-circuited); an edit at the last position continues with one decode step, one at position 0
+    re-runs the rows."""
+    x = ids(3, 90, seed=12).repeat_interleave(2, 0)  # duplicate rows are run natively once
     u, w = _factors(lens, 13)
-    edits = [wl.Delete(2, 0, pos=30 + r, batch=r) for r in range(3)]
-    edits += [wl.Delete(1, 3, 89, batch=3),  # the last position: the continuation is one decode step
-              wl.Replace(0, 1, 70, key=u, value=w, scale=0.7, batch=4), wl.Delete(2, 1, 3, batch=4),
-              wl.Install(0, 1, (0, 1, 2), value=w, batch=5)]
-    fast = lens.run(x, edits=edits).logits
-    full = lens.run(x, edits=edits, _fast=False).logits
-    ref = lens.run(x, edits=edits, oracle=True).logits
-    assert rel(fast, full) < TOL and rel(fast, ref) < TOL
+    cases = {
+        "low_layer_0": [wl.Replace(0, 1, 70, key=u, value=w, scale=0.7, batch=4), wl.Delete(2, 1, 33, batch=4),
+                        wl.Delete(2, 0, 31, batch=0)],
+        "low_layer_2": [wl.Delete(2, 0, pos=30 + r, batch=r) for r in range(3)],
+        "last_position": [wl.Delete(1, 3, 89, batch=3), wl.Add(2, 0, 89, key=u, value=w)],
+        "position_0": [wl.Install(0, 1, (0, 1, 2), value=w, batch=5)],
+    }
+    for name, edits in cases.items():
+        fast = lens.run(x, edits=edits).logits
+        full = lens.run(x, edits=edits, _fast=False).logits
+        ref = lens.run(x, edits=edits, oracle=True).logits
+        assert rel(fast, full) < TOL and rel(fast, ref) < TOL, name
     short = ids(2, 3, seed=14)  # shorter than the conv kernel: the captured conv stream is left-padded by HF
     e = [wl.Delete(1, 0, 2), wl.Delete(0, 3, 1, batch=1)]
     assert rel(lens.run(short, edits=e).logits, lens.run(short, edits=e, oracle=True).logits) < TOL

@@ -10,6 +10,7 @@ from models import ids
 
 import writelens as wl
 from writelens import errors
+from writelens.edits import edit_positions
 from writelens.sites.rwkv7_oracle import naive_rwkv7
 
 pytest.importorskip("rwkv7_hf")
@@ -72,7 +73,7 @@ def test_sites(lens):
     assert lens.recurrent_layers == [0, 1, 2] and len(lens.sites) == 12
     s = lens.site(2, 3)
     assert (s.d_k, s.d_v, s.family) == (16, 16, "rwkv7")
-    assert not lens.adapter.supports_prefix_reuse
+    assert lens.adapter.supports_prefix_reuse
     assert lens.adapter.out_proj_slice(1, 3).shape == (64, 16)
 
 
@@ -127,7 +128,9 @@ def test_every_edit_matches_oracle(lens):
     for name, edits in _edit_cases().items():
         fast = lens.run(x, edits=edits, cache=True, use_cache=True)
         ref = lens.run(x, edits=edits, oracle=True, use_cache=True)
+        reuse = lens.run(x, edits=edits).logits  # native prefix reused (an RWKV7Cache built at the first edit)
         assert rel(fast.logits, ref.logits) < TOL, name
+        assert rel(reuse, ref.logits) < TOL, name
         assert rel(fast.logits, native) > 1e-4, f"{name} had no effect"
         for layer in lens.recurrent_layers:
             assert rel(_states(fast.past_key_values)[layer], _states(ref.past_key_values)[layer]) < TOL, (name, layer)
@@ -211,6 +214,28 @@ def test_cache_branching(lens):
     clone = lens.clone_cache(prefix)
     clone.recurrent_state[0].add_(1.0)
     assert torch.equal(prefix.recurrent_state[0], before[0])
+
+
+def test_prefix_reuse_equals_full_forward_and_oracle(lens):
+    """Each call is one group of rows continued from its first edit: lowest edited layer 0 (layer 0 recomputes
+    v_first), lowest edited layer 1 (layer 0 short-circuited, v_first recorded), an edit at the last position (a
+    one-token continuation) and one at position 0 (a full re-run)."""
+    x = ids(3, 40, seed=12).repeat_interleave(2, 0)  # duplicate rows are run natively once
+    u, w = _factors(13)
+    native = lens.run(x).logits
+    cases = {
+        "low_layer_0": [wl.Replace(0, 1, 30, key=u, value=w, scale=0.7, batch=4), wl.Delete(2, 1, 12, batch=4),
+                        wl.Delete(2, 0, 9, batch=0)],
+        "low_layer_1": [wl.Delete(2, 0, pos=10 + r, batch=r) for r in range(3)] + [wl.Delete(1, 2, 20, batch=5)],
+        "last_position": [wl.Delete(1, 3, 39, batch=3), wl.Add(2, 0, 39, key=u, value=w)],
+        "position_0": [wl.Install(0, 1, (0, 1, 2), value=w, batch=5)],
+    }
+    for name, edits in cases.items():
+        fast = lens.run(x, edits=edits).logits
+        ref = lens.run(x, edits=edits, oracle=True).logits
+        assert rel(fast, lens.run(x, edits=edits, _fast=False).logits) < TOL and rel(fast, ref) < TOL, name
+        s0 = min(p for e in edits for p in edit_positions(e))
+        assert s0 == 0 or rel(fast[:, :s0], native[:, :s0]) < 1e-6, name  # the native prefix
 
 
 def test_errors(lens):

@@ -16,28 +16,35 @@ The write's coefficient is 1 (0 at masked positions), so Install's native norm i
 
 The kernel ``rwkv7_recurrent`` is a module-level global of ``rwkv7_hf.modeling_rwkv7`` (used for prefill and
 decode alike); writelens swaps it for an interceptor that runs it and adds the exactly propagated effect of edits
-to its output and returned final state (which the model stores in its ``RWKV7Cache``). Prefix reuse is not
-implemented for this family (edited runs recompute the whole forward). fla's RWKV-7 (GPU only) is not supported.
+to its output and returned final state (which the model stores in its ``RWKV7Cache``). Edited runs reuse the native
+prefix through an ``RWKV7Cache`` built at the first edit (exact states, token-shift states, and the layer-0 value
+``v_first`` for short-circuited lower layers). fla's RWKV-7 (GPU only) is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from writelens.edits import Edit, edit_positions, edit_rows
 from writelens.errors import UnsupportedModelError
 from writelens.sites.base import (
     FamilyAdapter,
     Injection,
     RecurrentCall,
+    RunSession,
     Site,
     WriteFactors,
     active_session,
     current_layer,
     register_family,
+    session_scope,
 )
 from writelens.sites.points import attach
 from writelens.sites.rwkv7_oracle import naive_rwkv7
@@ -240,7 +247,6 @@ class RWKV7Adapter(FamilyAdapter):
     """``rwkv7-hf`` ``RWKV7ForCausalLM``: every layer ``model.model.layers[i].attn`` is recurrent."""
 
     family = "rwkv7"
-    supports_prefix_reuse = False  # an RWKV7Cache at the first edit (token shifts, v_first) is not built yet
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -305,3 +311,84 @@ class RWKV7Adapter(FamilyAdapter):
         """W_O^h: the columns of ``o_proj`` that read head ``head``'s (group-normed, gated) output, [d_model, V]."""
         w = self._modules[layer].o_proj.weight
         return w[:, head * self.d_v : (head + 1) * self.d_v]
+
+    def run_with_prefix_reuse(self, lens: Any, input_ids: Tensor, edits: list[Edit]) -> Tensor:
+        """Logits [B, T, V] of the edited run: one native pass over the distinct rows records the captured calls, each
+        layer's block / TimeMix / ChannelMix inputs and ``v_first``; groups of edited rows then continue from an
+        ``RWKV7Cache`` at their first edit position ``s0`` (state at s0−1, token shifts = those inputs at s0−1),
+        with the layers below the lowest edited one short-circuited (as ``writelens.fastpath`` does for HF caches)."""
+        from writelens.fastpath import GROUP_ROWS
+
+        B, T = input_ids.shape
+        uniq, inverse = torch.unique(input_ids, dim=0, return_inverse=True)
+        per_row: dict[int, list[Edit]] = {}
+        for e in edits:
+            for r in edit_rows(e, B):
+                per_row.setdefault(r, []).append(e)
+        first_low = min(e.layer for e in edits)
+        seen: dict[str, Any] = {"block": {}, "attn": {}, "ffn": {}, "v_first": None}
+        session = RunSession(capture=frozenset(i for i in self._modules if i >= first_low))
+        with torch.no_grad(), _recording(self._layers, first_low, seen), session_scope(session, self._modules):
+            native = self.forward(uniq).logits
+        logits = native[inverse].clone()
+        rows = sorted(per_row, key=lambda r: min(p for e in per_row[r] for p in edit_positions(e)))
+        for g0 in range(0, len(rows), GROUP_ROWS):
+            group = rows[g0 : g0 + GROUP_ROWS]
+            s0 = min(p for r in group for e in per_row[r] for p in edit_positions(e))
+            low = min(e.layer for r in group for e in per_row[r])
+            remapped = [replace(e, batch=i) for i, r in enumerate(group) for e in per_row[r]]
+            if s0 == 0:
+                logits[group] = lens.run(input_ids[group], edits=remapped, _fast=False).logits
+                continue
+            src = inverse[torch.tensor(group)]
+            cache = self.new_cache()
+            for i in range(low, len(self._layers)):
+                state = self.hf_state(session.calls[i][0], s0 - 1)[src]
+                cache.set_layer(i, state.to(seen["attn"][i].device), seen["attn"][i][src, s0 - 1].clone(),
+                                seen["ffn"][i][src, s0 - 1].clone())
+            cache.seen_tokens = s0
+            skipped = [self._layers[i] for i in range(low)]
+            run = RunSession(edits=remapped, start_pos=s0)
+            with torch.no_grad(), _short_circuit(skipped, seen["block"][low][src, s0:], seen["v_first"][src, s0:]), \
+                    session_scope(run, self._modules):
+                logits[group, s0:] = self.forward(input_ids[group, s0:], cache=cache, use_cache=True).logits
+        return logits
+
+
+@contextlib.contextmanager
+def _recording(layers, first: int, seen: dict[str, Any]) -> Iterator[None]:
+    """Record, during one forward, the inputs of blocks / TimeMix / ChannelMix from layer ``first`` on ([B, T, C])
+    and block 0's ``v_first`` output."""
+    handles = []
+
+    def keep(kind: str, i: int):
+        def hook(module, args):
+            seen[kind][i] = args[0].detach()
+        return hook
+
+    for i in range(first, len(layers)):
+        handles += [layers[i].register_forward_pre_hook(keep("block", i)),
+                    layers[i].attn.register_forward_pre_hook(keep("attn", i)),
+                    layers[i].ffn.register_forward_pre_hook(keep("ffn", i))]
+    handles.append(layers[0].register_forward_hook(lambda m, a, out: seen.__setitem__("v_first", out[4].detach())))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _short_circuit(blocks, hidden: Tensor, v_first: Tensor) -> Iterator[None]:
+    """Make ``blocks`` return the recorded ``hidden`` and ``v_first`` (their states pass through unused)."""
+
+    def skip(hidden_states, recurrent, attention_shift, ffn_shift, first, mask):
+        return hidden, recurrent, attention_shift, ffn_shift, v_first
+
+    for block in blocks:
+        block.forward = skip
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
