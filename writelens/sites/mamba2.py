@@ -350,7 +350,8 @@ class Mamba2Adapter(FamilyAdapter):
 
     def hf_state(self, call: Mamba2Call, t: int) -> Tensor:
         """All heads' states after local position t in HF layout [B, H, headdim, d_state] (transposed role order)."""
-        return torch.stack([call.state_at(h, t) for h in range(call.num_heads)], 1).transpose(-1, -2)
+        states = torch.stack([call.state_at(h, t) for h in range(call.num_heads)], 1)
+        return states.transpose(-1, -2).to(call.x.device)
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache

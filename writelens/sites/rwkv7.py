@@ -298,7 +298,7 @@ class RWKV7Adapter(FamilyAdapter):
 
     def hf_state(self, call: RWKV7Call, t: int) -> Tensor:
         """All heads' states after local position t, [B, H, K, V] (the RWKV7Cache layout, = role order)."""
-        return torch.stack([call.state_at(h, t) for h in range(call.num_heads)], 1)
+        return torch.stack([call.state_at(h, t) for h in range(call.num_heads)], 1).to(call.k.device)
 
     def new_cache(self) -> Any:
         cache_cls = sys.modules[type(self.model.model).__module__].RWKV7Cache
@@ -344,7 +344,7 @@ class RWKV7Adapter(FamilyAdapter):
             cache = self.new_cache()
             for i in range(low, len(self._layers)):
                 state = self.hf_state(session.calls[i][0], s0 - 1)[src]
-                cache.set_layer(i, state.to(seen["attn"][i].device), seen["attn"][i][src, s0 - 1].clone(),
+                cache.set_layer(i, state, seen["attn"][i][src, s0 - 1].clone(),
                                 seen["ffn"][i][src, s0 - 1].clone())
             cache.seen_tokens = s0
             skipped = [self._layers[i] for i in range(low)]
