@@ -198,6 +198,8 @@ def test_cache_branching(lens):
     full_b = lens.generate(x, max_new_tokens=4, edits=[wl.Delete(L, 0, 20)])
     assert rel(a.logits, full_a.logits) < TOL and rel(b.logits, full_b.logits) < TOL
     assert torch.equal(prefix.layers[L].recurrent_states[0], before[0])  # the user's cache is untouched
+    with pytest.raises(wl.errors.PositionOutOfRangeError, match="prefix"):
+        lens.generate(x[:, 16:], past_key_values=prefix, max_new_tokens=2, edits=[wl.Delete(L, 0, 3)])
     clone = lens.clone_cache(prefix)
     clone.layers[L].recurrent_states[0].add_(1.0)
     assert torch.equal(prefix.layers[L].recurrent_states[0], before[0])
@@ -210,8 +212,22 @@ def test_prefix_reuse_equals_full_forward_and_oracle(lens):
     u, w = _factors(16, 13)
     edits = [wl.Delete(L1, 0, pos=30 + r, batch=r) for r in range(4)]
     edits += [wl.Replace(L0, 1, 70, key=u, value=w, scale=0.7, batch=4), wl.Delete(L1, 1, 3, batch=4),
-              wl.Install(L0, 1, (0, 1, 2), value=w, batch=5)]
+              wl.Install(L0, 1, (0, 1, 2), value=w, batch=5)]  # a group starting at 0: fresh cache
     fast = lens.run(x, edits=edits).logits
     full = lens.run(x, edits=edits, _fast=False).logits
     ref = lens.run(x, edits=edits, oracle=True).logits
     assert rel(fast, full) < TOL and rel(fast, ref) < TOL
+    # one group per call, so every row really continues from a cache built at its own first edit
+    for row in range(6):
+        mine = [e for e in edits if e.batch == row]
+        assert rel(lens.run(x, edits=mine).logits, lens.run(x, edits=mine, oracle=True).logits) < TOL
+    import writelens.fastpath as fastpath
+
+    calls = []
+    real = fastpath._prefix_cache
+    fastpath._prefix_cache = lambda *a: calls.append(a[-1]) or real(*a)
+    try:
+        lens.run(x, edits=edits[:1])
+    finally:
+        fastpath._prefix_cache = real
+    assert calls == [30]  # the continuation path ran, from position 30

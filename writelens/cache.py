@@ -90,10 +90,12 @@ class WriteCache:
                 raise PositionOutOfRangeError(
                     f"pos has {pos.shape[0]} entries but the batch has {call.batch_size} rows; give one per row."
                 )
-            out = torch.empty(call.batch_size, call.d_k, call.d_v)
+            out = None
             for t in torch.unique(pos).tolist():
                 rows = (pos == t).nonzero().flatten()
-                out[rows] = call.state_at(head, self._pos(call, t))[rows]
+                state = call.state_at(head, self._pos(call, t))
+                out = torch.empty_like(state) if out is None else out
+                out[rows.to(state.device)] = state[rows.to(state.device)]
             return out
         return call.state_at(head, self._pos(call, int(pos)))
 
@@ -102,9 +104,12 @@ class WriteCache:
         call = self._call(layer, head)
         ts = [self._pos(call, p) for p in positions]
         order = sorted(range(len(ts)), key=ts.__getitem__)
-        out = torch.empty(call.batch_size, len(ts), call.d_k, call.d_v)
+        out = None
         for i in order:
-            out[:, i] = call.state_at(head, ts[i])
+            state = call.state_at(head, ts[i])
+            if out is None:
+                out = state.new_empty(call.batch_size, len(ts), call.d_k, call.d_v)
+            out[:, i] = state
         return out
 
     def final_state(self, layer: int, head: int) -> Float[Tensor, "B d_k d_v"]:

@@ -84,11 +84,8 @@ def run_with_prefix_reuse(lens, ids: Tensor, edits: list[Edit]) -> Tensor:
         low = min(e.layer for _, e in group_edits)
         src = inverse[torch.tensor(group)]
         remapped = [_remap(e, i) for i, r in enumerate(group) for e in per_row[r]]
-        if s0 == 0:
-            out = lens.run(ids[group], edits=remapped, _fast=False).logits
-            logits[group] = out
-            continue
-        cache = _prefix_cache(adapter, native_cache, session, src, s0)
+        # s0 == 0: no prefix to reuse, but the layers below `low` are still short-circuited (fresh cache)
+        cache = adapter.new_cache() if s0 == 0 else _prefix_cache(adapter, native_cache, session, src, s0)
         hidden = inputs[low][src, s0:]
         pos_ids = torch.arange(s0, T, device=ids.device)[None].expand(len(group), -1)
         run = RunSession(edits=remapped, start_pos=s0)

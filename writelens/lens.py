@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from writelens.errors import (
     PositionOutOfRangeError,
     SelfCheckError,
     SiteOutOfRangeError,
+    UnsupportedModelError,
 )
 from writelens.sites.base import RunSession, Site, adapter_for, session_scope
 
@@ -229,6 +230,13 @@ class WriteLens:
         past = self.adapter.new_cache() if past_key_values is None else clone_cache(past_key_values)
         start = self.adapter.cache_length(past) if past_key_values is not None else 0
         edits = self._check_edits(edits, B, start + T + max_new_tokens)
+        early = [e for e in edits if min(edit_positions(e)) < start]
+        if early:
+            raise PositionOutOfRangeError(
+                f"{type(early[0]).__name__} at position {min(edit_positions(early[0]))} lies inside the supplied "
+                f"prefix cache (positions 0..{start - 1}), which is already computed; edit the prefix run instead "
+                "(lens.run(prefix, edits=..., use_cache=True)) and continue from its past_key_values."
+            )
         gen = torch.Generator(device="cpu").manual_seed(int(seed)) if seed is not None else None
         new_tokens, step_logits = [], []
         chunk, pos = ids, start
@@ -313,6 +321,11 @@ class WriteLens:
     def points(self, layer: int) -> Any:
         """The nnsight envoy of layer ``layer``'s write sites (use inside ``lens.trace``)."""
         self._check_site(layer, 0)
+        if not self.adapter.supports_trace_points:
+            raise UnsupportedModelError(
+                f"The {self.adapter.family} family has no nnsight trace points yet (only Gated DeltaNet does); use "
+                "lens.run(cache=True) to read sites and writelens edits to change them."
+            )
         target = self.adapter.layer_modules[layer].write_sites
         path = next(name for name, mod in self.model.named_modules() if mod is target)
         envoy = self.nnsight
@@ -332,8 +345,9 @@ class WriteLens:
         missing = [layer for layer in self.recurrent_layers if layer not in out.cache._calls]
         if missing:
             raise SelfCheckError(
-                f"Recurrent layers {missing} never called the gated-delta-rule kernel writelens intercepts; this "
-                "transformers version changed the layer's forward. Install a tested transformers (5.x) or report it."
+                f"Recurrent layers {missing} never called the {self.adapter.family} kernel writelens intercepts; "
+                "this transformers version changed the layer's forward. Install a tested transformers (5.x) or "
+                "report it."
             )
         dtype = next(self.model.parameters()).dtype
         tol = 1e-3 if dtype == torch.float32 else 5e-2

@@ -282,6 +282,8 @@ class FamilyAdapter(ABC):
     family: ClassVar[str]
     #: whether edited runs may continue from a cache built at the first edit (see ``writelens.fastpath``)
     supports_prefix_reuse: ClassVar[bool] = True
+    #: whether the mixer calls ``write_sites`` trace points (nnsight tracing, ``writelens.sites.points``)
+    supports_trace_points: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -376,9 +378,9 @@ def adapter_for(model: nn.Module) -> FamilyAdapter:
     for cls in _FAMILIES:
         if cls.matches(model):
             return cls(model)
-    known = ", ".join(c.family for c in _FAMILIES)
+    known = "; ".join(f"{c.family} ({c.__doc__.strip().splitlines()[0] if c.__doc__ else c.__name__})"
+                      for c in _FAMILIES)
     raise UnsupportedModelError(
         f"writelens has no adapter for {type(model).__name__}. Supported families: {known}. "
-        "Pass a Qwen3_5ForCausalLM / Qwen3_5ForConditionalGeneration / Qwen3NextForCausalLM model "
-        "(or add an adapter file under writelens/sites/)."
+        "Pass a model of one of these classes (or add an adapter file under writelens/sites/)."
     )

@@ -35,41 +35,11 @@ from writelens.sites.base import (
     current_module,
     register_family,
 )
-from writelens.sites.points import WriteSites, attach, changed
 from writelens.sites.gdn_oracle import l2norm, naive_gated_delta_rule
+from writelens.sites.kernels import ConvCapture, DeviceDispatch
+from writelens.sites.points import WriteSites, attach, changed
 
 CHUNK = 64  # boundary spacing of cached states, and the HF/fla chunk size
-
-
-def _torch_impl(fn: Any) -> Any:
-    return getattr(fn, "__wrapped__", fn)
-
-
-class DeviceDispatch:
-    """Calls the torch reference implementation on CPU tensors and the transformers-selected one on GPU."""
-
-    def __init__(self, original: Any):
-        self.original = original
-        self.torch_impl = _torch_impl(original)
-        self.__wrapped__ = self.torch_impl
-
-    def pick(self, tensor: Tensor) -> Any:
-        return self.original if tensor.is_cuda else self.torch_impl
-
-    def __call__(self, hidden_states, *args, **kwargs):
-        return self.pick(hidden_states)(hidden_states, *args, **kwargs)
-
-
-class ConvCapture(DeviceDispatch):
-    """``causal_conv1d_fn`` with device dispatch that also records its input ([B, conv_dim, T], the pre-conv
-    stream whose last ``K`` columns form the HF conv state) for layers a session asks for."""
-
-    def __call__(self, hidden_states, *args, **kwargs):
-        session = active_session()
-        layer = current_layer()
-        if session is not None and layer in session.capture_conv:
-            session.conv_inputs[layer] = hidden_states.detach()
-        return self.pick(hidden_states)(hidden_states, *args, **kwargs)
 
 
 class GDNCall(RecurrentCall):
@@ -149,14 +119,15 @@ class GDNCall(RecurrentCall):
         with zero values and the perturbation as initial state)."""
         hidx = {h: i for i, h in enumerate(heads)}
         B, T = self.batch_size, self.length
-        d_o = torch.zeros(B, T, len(heads), self.d_v)
-        d_s = torch.zeros(B, len(heads), self.d_k, self.d_v)
+        dev = self.value.device
+        d_o = torch.zeros(B, T, len(heads), self.d_v, device=dev)
+        d_s = torch.zeros(B, len(heads), self.d_k, self.d_v, device=dev)
         if not injections:
             return d_o, d_s
         rows = torch.unique(torch.cat([inj.rows for inj in injections]))
         local = {int(r): i for i, r in enumerate(rows.tolist())}
-        state = torch.zeros(len(rows), len(heads), self.d_k, self.d_v)
-        out = torch.zeros(len(rows), T, len(heads), self.d_v)
+        state = torch.zeros(len(rows), len(heads), self.d_k, self.d_v, device=dev)
+        out = torch.zeros(len(rows), T, len(heads), self.d_v, device=dev)
         by_pos: dict[int, list[Injection]] = {}
         for inj in injections:
             by_pos.setdefault(inj.pos - self.offset, []).append(inj)
@@ -183,7 +154,7 @@ class GDNCall(RecurrentCall):
 
     def _start_state(self, head: int) -> Tensor:
         if self.initial_state is None:
-            return torch.zeros(self.batch_size, 1, self.d_k, self.d_v)
+            return torch.zeros(self.batch_size, 1, self.d_k, self.d_v, device=self.value.device)
         return self.initial_state[:, head : head + 1].float()
 
     def _advance(self, head: int, state: Tensor, t0: int, t1: int) -> Tensor:
@@ -270,14 +241,13 @@ def _input_points(sites: WriteSites, query, key, value, g, beta):
     write = (new["key"], new["value"], new["beta"])
     versions = [t._version for t in write]
     written = sites.write(write)
-    if written is not write or any(t._version != v for t, v in zip(written, versions)):
+    if written is not write or any(t._version != v for t, v in zip(written, versions, strict=True)):
         any_changed = True
         new["key"], new["value"], new["beta"] = written
     if not any_changed:
         return query, key, value, g, beta, False
-    cast = (lambda t, like: t.to(like.dtype))
-    return (cast(new["query"], query), cast(new["key"], key), cast(new["value"], value), new["gate"],
-            cast(new["beta"], beta), True)
+    return (new["query"].to(query.dtype), new["key"].to(key.dtype), new["value"].to(value.dtype), new["gate"],
+            new["beta"].to(beta.dtype), True)
 
 
 def _handle_call(session: RunSession, layer: int, sites: WriteSites | None, kernels, query, key, value, g, beta,
@@ -351,6 +321,7 @@ class GDNAdapter(FamilyAdapter):
     """Qwen3.5 / Qwen3-Next style hybrids: ``model.model[.language_model].layers[i].linear_attn``."""
 
     family = "gdn"
+    supports_trace_points = True
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

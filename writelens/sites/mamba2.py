@@ -38,7 +38,7 @@ from writelens.sites.base import (
     current_layer,
     register_family,
 )
-from writelens.sites.gdn import ConvCapture, DeviceDispatch
+from writelens.sites.kernels import ConvCapture, DeviceDispatch
 from writelens.sites.mamba2_oracle import Mamba2Oracle, effective_dt, naive_ssd
 from writelens.sites.points import attach
 
