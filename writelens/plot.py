@@ -103,10 +103,11 @@ def win_rate_strip(results: Sequence[Any]) -> go.Figure:
 
 
 def attribution_scatter(result, predictor: str = "exact") -> go.Figure:
-    """Measured logit change (y) vs the ``exact`` or ``three_factor`` prediction (x), coloured by ε, with y = x."""
+    """Measured logit change (y) vs the ``exact`` (direct path), ``linearised`` (whole network, first order) or
+    ``three_factor`` prediction (x), coloured by ε, with y = x."""
     pred = np.asarray(getattr(result, predictor), dtype=np.float64)
     meas = np.asarray(result.measured, dtype=np.float64)
-    stats = result.stats_exact if predictor == "exact" else result.stats_three_factor
+    stats = getattr(result, f"stats_{predictor}")
     fig = go.Figure()
     eps = np.asarray(result.epsilon)
     for e in sorted(set(result.epsilon)):
@@ -116,7 +117,8 @@ def attribution_scatter(result, predictor: str = "exact") -> go.Figure:
     both = np.concatenate([pred, meas]) if pred.size else np.zeros(2)
     lo, hi = float(both.min()), float(both.max())
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line=dict(color="black", dash="dash")))
-    label = "exact in-layer + direct path" if predictor == "exact" else "three-factor G·⟨u,q̂⟩·⟨W_U,W_O w⟩"
+    label = {"exact": "exact in-layer + direct path", "linearised": "exact in-layer + whole-network Jacobian",
+             "three_factor": "three-factor G·⟨u,q̂⟩·⟨W_U,W_O w⟩"}[predictor]
     fig.update_layout(template="plotly_white", xaxis_title=f"predicted Δlogit ({label})", yaxis_title="measured Δlogit",
                       title=f"L{result.layer}H{result.head} attribution: R² = {stats.r2:.3f} (no fitted parameters), "
                             f"sign agreement {stats.sign_agreement.estimate:.1%}")
@@ -188,11 +190,13 @@ def feature_card(card) -> go.Figure:
     return fig
 
 
-def save_html(fig: go.Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a standalone HTML file (plotly.js embedded, no network needed); returns the path."""
+def save_html(fig: go.Figure, path: str | Path, plotlyjs: bool | str = True) -> Path:
+    """Write ``fig`` as a standalone HTML file (plotly.js embedded, no network needed); returns the path.
+
+    ``plotlyjs="directory"`` writes ``plotly.min.js`` once beside the file instead (many figures in one folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    fig.write_html(str(path), include_plotlyjs=plotlyjs, full_html=True)
     return path
 
 

@@ -49,6 +49,21 @@ def test_exact_attribution_equals_measured_change_for_small_epsilon():
     assert scale > 1e-5
     assert np.abs(central - e[sign > 0]).max() < 1e-3 * scale
     assert res.stats_exact.r2 > 0.999 and res.stats_exact.sign_agreement.estimate > 0.97
+    # here the direct path is the whole path: the backprop linearisation agrees with it
+    assert np.abs(np.asarray(res.linearised) - e).max() < 1e-4 * scale
+
+
+def test_linearised_prediction_equals_measured_change_through_later_layers():
+    ids = passages(2, 28)
+    eps = 1e-3
+    opts = AttributionOptions(horizons=(0, 2, 5), target_ranks=(1, 3), progress=False)
+    res = attribution(lens(), sae(), (1, 0), ids, [1, 6], [eps, -eps], opts)  # layers 2 and 3 follow
+    m, lin, sign = map(np.asarray, (res.measured, res.linearised, res.epsilon))
+    central = (m[sign > 0] - m[sign < 0]) / 2
+    scale = np.abs(lin).max()
+    assert scale > 1e-5
+    assert np.abs(central - lin[sign > 0]).max() < 2e-3 * scale
+    assert res.stats_linearised.r2 > 0.999
 
 
 def test_three_factor_matches_hand_computation_and_round_trips():

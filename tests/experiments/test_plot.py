@@ -34,6 +34,7 @@ def test_figures(results, tmp_path):
         "scatter": plot.kl_scatter(rep), "scatter_random": plot.kl_scatter(rep, against="random"),
         "density": plot.kl_ratio_density(rep), "strip": plot.win_rate_strip([rep, rep2]),
         "attr": plot.attribution_scatter(att), "attr3": plot.attribution_scatter(att, "three_factor"),
+        "attr_lin": plot.attribution_scatter(att, "linearised"),
         "install": plot.install_bars(ins), "dose": plot.install_dose(ins),
     }
     for fig in figs.values():

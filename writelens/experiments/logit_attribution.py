@@ -12,6 +12,10 @@ t = t0 + h and token ``tok`` (the native rank-r prediction at t), the change of 
     gated RMSNorm Jacobian (at o_t, z_t) → ``W_O^h`` → final-norm Jacobian (at the native residual h_t) → ``W_U``.
     The same layer's MLP and later layers are ignored (their contribution is what (b) misses); the path is exact to
     first order when the edited layer's MLP output is zero and it is the last layer.
+(b') **linearised** (zero fitted parameters): the same exact δo_s (s = t0 … t), read through the *whole* network
+    linearised at the native point: ``Σ_s ⟨∂ℓ_t[tok]/∂o_s, δo_s⟩``, the gradient taken by backpropagation from the
+    logit to the head's kernel output o (the same layer's MLP, every later layer and later positions included).
+    This is the exact first-order change; it differs from (c) only by terms of order ε².
 (c) **measured**: an edited run (exact edit engine), ``ℓ^edited_t[tok] − ℓ^native_t[tok]``.
 
 R² uses zero fitted parameters; the ``*_fitted`` numbers use one least-squares scale per atom and are labelled so.
@@ -41,7 +45,7 @@ from writelens.experiments.common import (
 )
 
 __all__ = ["AttributionOptions", "AttributionResult", "AttributionStats", "attribution", "native_point",
-           "propagate_delta"]
+           "propagate_delta", "downstream_gradients"]
 
 
 @dataclass
@@ -92,8 +96,8 @@ class AttributionStats(JsonMixin):
 @dataclass
 class AttributionResult(ExperimentResult):
     """Columns (one entry per passage × atom × ε × horizon × rank): ``passage``, ``atom``, ``epsilon`` (as given),
-    ``epsilon_abs`` (‖ΔS‖_F), ``t0``, ``t``, ``rank``, ``token``, ``measured``, ``exact``, ``three_factor``; with
-    :class:`AttributionStats` for ``exact`` and ``three_factor``."""
+    ``epsilon_abs`` (‖ΔS‖_F), ``t0``, ``t``, ``rank``, ``token``, ``measured``, ``exact`` (direct path),
+    ``linearised`` (whole network, first order), ``three_factor``; with :class:`AttributionStats` for each."""
 
     options: AttributionOptions
     layer: int
@@ -111,16 +115,20 @@ class AttributionResult(ExperimentResult):
     measured: list[float]
     exact: list[float]
     three_factor: list[float]
+    linearised: list[float]
     stats_exact: AttributionStats
     stats_three_factor: AttributionStats
+    stats_linearised: AttributionStats
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        e, f = self.stats_exact, self.stats_three_factor
+        e, f, lin = self.stats_exact, self.stats_three_factor, self.stats_linearised
         return {
             "site": f"L{self.layer}H{self.head}", "n_points": len(self.measured), "n_atoms": len(self.atoms),
             "r2_exact": e.r2, "r2_exact_atom_median": _median(e.r2_per_atom), "r2_exact_cells_median": e.r2_cells_median,
+            "r2_linearised": lin.r2, "r2_linearised_atom_median": _median(lin.r2_per_atom),
+            "sign_agreement_linearised": lin.sign_agreement.estimate,
             "r2_three_factor": f.r2, "r2_three_factor_atom_median": _median(f.r2_per_atom),
             "r2_three_factor_fitted_atom_median": _median(f.r2_fitted_per_atom),
             "sign_agreement_exact": e.sign_agreement.estimate, "sign_agreement_three_factor": f.sign_agreement.estimate,
@@ -194,6 +202,31 @@ def propagate_delta(point: NativePoint, row: int, t0: int, delta: Float[Tensor, 
     return torch.stack(outs, 1)
 
 
+def downstream_gradients(lens, layer: int, head: int, ids: Tensor, targets: list[tuple[int, int]]
+                         ) -> Float[Tensor, "n T d_v"]:
+    """∂ℓ_t[tok]/∂o_s for each (t, tok) of ``targets`` and every position s, where o is head ``head``'s kernel output
+    at ``layer`` (the gated norm's input) of the one passage ``ids`` [T]: one batched forward + backward at the native
+    point (rows = targets)."""
+    module = lens.adapter.layer_modules[layer]
+    n, length = len(targets), ids.shape[-1]
+    store: dict[str, Tensor] = {}
+
+    def leaf(mod, args):
+        store["o"] = args[0].detach().requires_grad_(True)
+        return (store["o"], *args[1:])
+
+    handle = module.norm.register_forward_pre_hook(leaf)
+    try:
+        with torch.enable_grad():
+            logits = lens.model(input_ids=ids.reshape(1, -1).expand(n, -1).to(lens.device), use_cache=False).logits
+            ts = torch.tensor([t for t, _ in targets])
+            toks = torch.tensor([tok for _, tok in targets])
+            (grad,) = torch.autograd.grad(logits[torch.arange(n), ts, toks].sum(), store["o"])
+    finally:
+        handle.remove()
+    return grad.reshape(n, length, -1, grad.shape[-1])[:, :, head].float()
+
+
 def _direct_path(lens, layer: int, head: int, point: NativePoint, row: int, ts: list[int], d_o: Tensor) -> Tensor:
     """δ residual at the final norm's output for δo [A, len(ts), d_v] through the linearised direct path."""
     norm = lens.adapter.layer_modules[layer].norm
@@ -237,7 +270,7 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
     w_u = unembedding(lens)
     w_o = out_proj_slice(lens, layer, head)
     cols: dict[str, list] = {k: [] for k in ("passage", "atom", "epsilon", "epsilon_abs", "t0", "t", "rank", "token",
-                                             "exact", "three_factor")}
+                                             "exact", "three_factor", "linearised")}
     rows, natives, keys = [], {}, []
     for start in progress(range(0, n, options.scan_batch), desc="attribution: native", enabled=options.progress):
         batch = ids[start : start + options.scan_batch]
@@ -245,7 +278,11 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
         for r in range(batch.shape[0]):
             p, t0 = start + r, t0s[start + r]
             ts = [t0 + h for h in options.horizons]
-            d_o = propagate_delta(point, r, t0, unit, t0 + hmax)[:, [h for h in options.horizons]]  # [A, H, d_v]
+            d_all = propagate_delta(point, r, t0, unit, t0 + hmax)  # [A, hmax + 1, d_v]: δo at t0 … t0 + hmax
+            d_o = d_all[:, list(options.horizons)]  # [A, H, d_v]
+            targets = [(t, int(tok)) for hi_, t in enumerate(ts) for tok in
+                       point.logits[r, t].argsort(descending=True)[[k - 1 for k in options.target_ranks]].tolist()]
+            grads = downstream_gradients(lens, layer, head, batch[r], targets)[:, t0 : t0 + hmax + 1].double()
             dhf = _direct_path(lens, layer, head, point, r, ts, d_o)  # [A, H, d_model]
             gain = torch.cumprod(point.alpha[r, t0 + 1 : t0 + hmax + 1].double(), 0)
             gain = torch.cat([torch.ones(1, dtype=torch.float64), gain])[list(options.horizons)]  # [H]
@@ -259,8 +296,10 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
                     exact = (dhf[:, hi_] @ w_u[tok]).double()  # [A]
                     value_dir = (w.double() @ (w_o.T.double() @ w_u[tok].double()))  # [A]
                     three = gain[hi_] * read[:, hi_] * value_dir
+                    g = grads[targets.index((t, tok))][: t - t0 + 1]  # [t − t0 + 1, d_v]
+                    lin = torch.einsum("asv,sv->a", d_all[:, : t - t0 + 1], g)
                     for ai, atom in enumerate(atom_ids):
-                        keys.append((p, atom, t, tok, rank, t0, float(exact[ai]), float(three[ai])))
+                        keys.append((p, atom, t, tok, rank, t0, float(exact[ai]), float(three[ai]), float(lin[ai])))
             wn = float(point.write_norm[r, t0])
             for ai, atom in enumerate(atom_ids):
                 for eps in epsilons:
@@ -279,23 +318,26 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
                       show=options.progress)
     by_row = {(rows[i][0], rows[i][2], rows[i][3]): (rows[i][4], edited[i]) for i in range(len(rows))}
     measured = []
-    for (p, atom, t, tok, rank, t0, exact, three) in keys:
+    for (p, atom, t, tok, rank, t0, exact, three, lin) in keys:
         for eps in epsilons:
             e_abs, values = by_row[(p, atom, float(eps))]
             for name, v in (("passage", p), ("atom", atom), ("epsilon", float(eps)), ("epsilon_abs", e_abs),
                             ("t0", t0), ("t", t), ("rank", rank), ("token", tok), ("exact", exact * e_abs),
-                            ("three_factor", three * e_abs)):
+                            ("three_factor", three * e_abs), ("linearised", lin * e_abs)):
                 cols[name].append(v)
             measured.append(values[(t, tok)] - natives[(p, t, tok)])
     stats_exact = _stats(measured, cols["exact"], cols)
     stats_three = _stats(measured, cols["three_factor"], cols)
+    stats_lin = _stats(measured, cols["linearised"], cols)
     return AttributionResult(
         options=options, layer=layer, head=head, atoms=atom_ids, epsilons=[float(e) for e in epsilons],
-        measured=measured, stats_exact=stats_exact, stats_three_factor=stats_three,
+        measured=measured, stats_exact=stats_exact, stats_three_factor=stats_three, stats_linearised=stats_lin,
         elapsed_s=time.perf_counter() - started,
         notes=["three_factor: decay and read only (no erase, gated norm, MLP, later layers, final norm)",
                "exact: exact in-layer δo; direct path linearised (gated norm, W_O^h, final norm, W_U); the same "
-               "layer's MLP and later layers ignored", "R² with zero fitted parameters unless named *_fitted"],
+               "layer's MLP and later layers ignored",
+               "linearised: exact in-layer δo through the whole network's Jacobian at the native point (backprop)",
+               "R² with zero fitted parameters unless named *_fitted"],
         **cols,
     )
 

@@ -1,0 +1,237 @@
+"""The method's main job on the zoo's ``gdn-tiny``: extract → train a WriteSAE → replacement test → attribution →
+install → figures (HTML) and ``summary.json``.
+
+    python examples/main_job.py                     # gdn-tiny (≤ 10 min on 2 CPU cores)
+    python examples/main_job.py --random            # no zoo model: a random-init model of the same shape (smoke run)
+    python examples/main_job.py --random --quick    # a tiny model and tiny budget (seconds; used by the tests)
+
+Outputs in ``--out`` (default ``runs/main_job``): ``summary.json`` (headline numbers, options, seeds, step times),
+one JSON per experiment, ``report.html`` (every figure, standalone) and ``figures/*.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import writelens as wl
+from writelens import plot
+from writelens.experiments import (
+    AttributionOptions,
+    InstallOptions,
+    ReplacementOptions,
+    attribution,
+    feature_card,
+    install_steering,
+    replacement_test,
+)
+from writelens.experiments.base import to_jsonable
+from writelens.experiments.common import scan_site
+from writelens.sae import BilinearSAE
+from writelens.sae.data import StateDataset
+from writelens.sae.train import TrainConfig, train_sae
+
+
+@dataclass
+class MainJobConfig:
+    """Budget and choices of the main job (defaults: ≤ 10 minutes on 2 CPU cores for gdn-tiny)."""
+
+    layer: int = 4
+    head: int = 1
+    n_train_seqs: int = 256
+    train_seq_len: int = 256
+    positions_per_seq: int = 16
+    n_features: int = 512
+    k: int = 16
+    train_steps: int = 1000
+    batch_size: int = 256
+    n_eval: int = 48
+    eval_len: int = 128
+    max_firings: int = 600
+    n_attr_passages: int = 16
+    n_attr_atoms: int = 8
+    epsilons: tuple[float, ...] = (0.01, 0.1, 0.3, 1.0, 3.0)  # × the native write norm at t0
+    n_prompts: int = 16
+    prompt_len: int = 48
+    magnitudes: tuple[float, ...] = (1.5, 3.0, 6.0)
+    seed: int = 2026
+
+
+QUICK = dict(layer=1, head=0, n_train_seqs=32, train_seq_len=48, positions_per_seq=8, n_features=64, k=4,
+             train_steps=60, batch_size=64, n_eval=6, eval_len=32, max_firings=40, n_attr_passages=3, n_attr_atoms=3, n_prompts=3,
+             prompt_len=16, magnitudes=(3.0,))
+
+
+def load_model(random: bool, quick: bool):
+    """(lens, train token ids fn, held-out token ids fn, description)."""
+    if not random:
+        try:
+            model, tok = wl.zoo.load("gdn-tiny")
+        except (FileNotFoundError, wl.errors.ZooModelNotFoundError) as exc:
+            sys.exit(f"The zoo model gdn-tiny is not installed ({exc}).\n"
+                     "Run `python examples/main_job.py --random` for a smoke run on a random-init model of the "
+                     "same shape, or build the model with `python -m writelens.zoo.train gdn-tiny`.")
+        lens = wl.WriteLens(model, tokenizer=tok)
+        return (lens, lambda n, t: wl.zoo.train_sample_passages(n, t), lambda n, t: wl.zoo.heldout_passages(n, t),
+                "zoo gdn-tiny (KJV); SAE trained on train-sample passages, experiments on held-out books")
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    from writelens.zoo.registry import gdn_tiny_config
+
+    if quick:
+        cfg = Qwen3_5TextConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                                num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_num_key_heads=1,
+                                linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
+                                linear_conv_kernel_dim=4, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    else:
+        cfg = gdn_tiny_config()
+    torch.manual_seed(0)
+    model = Qwen3_5ForCausalLM(cfg).eval()
+    with torch.no_grad():  # random init forgets within a token or two; spread the gates (as tests/models.py does)
+        for layer in model.model.layers:
+            if hasattr(layer, "linear_attn"):
+                layer.linear_attn.dt_bias.normal_(0.0, 1.0)
+                layer.linear_attn.A_log.uniform_(-2.0, 0.5)
+    vocab = cfg.vocab_size
+
+    def tokens(seed):
+        return lambda n, t: torch.randint(3, vocab, (n, t), generator=torch.Generator().manual_seed(seed))
+
+    return wl.WriteLens(model), tokens(0), tokens(1), "random-init Qwen3.5 on random tokens (smoke run: no meaning)"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/main_job")
+    parser.add_argument("--random", action="store_true", help="random-init model (no zoo model needed)")
+    parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test)")
+    parser.add_argument("--layer", type=int)
+    parser.add_argument("--head", type=int)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on a shared 2-core machine more threads only stall)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = MainJobConfig(**(QUICK if args.quick else {}))
+    if args.layer is not None:
+        cfg.layer = args.layer
+    if args.head is not None:
+        cfg.head = args.head
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    show = not args.no_progress
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    times: dict[str, float] = {}
+
+    def step(name: str):
+        times[name] = round(time.perf_counter() - started - sum(times.values()), 2)
+        print(f"[{time.perf_counter() - started:6.1f}s] {name} done", flush=True)
+
+    lens, train_tokens, heldout_tokens, description = load_model(args.random, args.quick)
+    site = (cfg.layer, cfg.head)
+    lens.site(*site)  # raises a named error for a bad site
+    print(f"{description}\n{lens}\nsite L{cfg.layer}H{cfg.head}", flush=True)
+    step("load")
+
+    # 1. extract per-position states of the site and train a WriteSAE (BilinearSAE) on them
+    wl.extract(lens, train_tokens(cfg.n_train_seqs, cfg.train_seq_len), sites=[site], target="sampled_positions",
+               out_dir=out / "states", positions_per_seq=cfg.positions_per_seq, seed=0, batch_size=16,
+               min_position=1, overwrite=True, progress=show)
+    data = StateDataset.from_shards(out / "states", cfg.layer, cfg.head)
+    step("extract")
+    s = lens.site(*site)
+    sae = BilinearSAE(d_k=s.d_k, d_v=s.d_v, n_features=cfg.n_features, k=cfg.k, seed=cfg.seed,
+                      metadata={"layer": cfg.layer, "head": cfg.head, "target": "sampled_positions"})
+    trained = train_sae(sae, data, TrainConfig(lr=3e-3, lr_min=3e-4, warmup_steps=min(50, cfg.train_steps // 5),
+                                                batch_size=cfg.batch_size,
+                                                steps=cfg.train_steps, seed=cfg.seed, val_fraction=0.1,
+                                                eval_every=max(cfg.train_steps // 3, 1), log_every=100,
+                                                resample_every=250, progress=show),
+                        out_dir=out / "sae", resume=False)
+    sae = trained.sae.eval()
+    val = trained.final_val
+    step("train")
+
+    # 2. experiments on held-out passages
+    heldout = heldout_tokens(cfg.n_eval + cfg.n_prompts, cfg.eval_len)
+    evals, prompts = heldout[: cfg.n_eval], heldout[cfg.n_eval :, : cfg.prompt_len]
+    rep = replacement_test(lens, sae, site, evals, ReplacementOptions(max_firings=cfg.max_firings, seed=cfg.seed,
+                                                                      progress=show))
+    rep.to_json(out / "replacement.json")
+    rep_next = replacement_test(lens, sae, site, evals, ReplacementOptions(
+        max_firings=cfg.max_firings, seed=cfg.seed, kl_position="next", progress=show))
+    rep_next.to_json(out / "replacement_next.json")
+    step("replacement")
+    counts = torch.bincount(torch.tensor(rep.atom), minlength=cfg.n_features)
+    atoms = counts.argsort(descending=True)[: cfg.n_attr_atoms].tolist()
+    att = attribution(lens, sae, site, evals[: cfg.n_attr_passages], atoms, cfg.epsilons,
+                      AttributionOptions(epsilon_mode="write_norm", seed=cfg.seed, progress=show))
+    att.to_json(out / "attribution.json")
+    step("attribution")
+    ins = install_steering(lens, site, prompts, options=InstallOptions(magnitudes=cfg.magnitudes, seed=cfg.seed,
+                                                                        progress=show))
+    ins.to_json(out / "install.json")
+    step("install")
+    scan = scan_site(lens, sae, site, evals, keep_logits=False, show=show)
+    rate = torch.bincount(scan.indices[scan.values > 0], minlength=cfg.n_features) / scan.values[..., 0].numel()
+    sparse = [a for a in counts.argsort(descending=True).tolist() if 0 < rate[a] < 0.3] or atoms
+    card = feature_card(lens, sae, site, evals, sparse[0], scan=scan, progress=show)
+    card.to_json(out / "feature_card.json")
+
+    # 3. figures and summary
+    figures = {"KL atom vs delete": plot.kl_scatter(rep), "KL atom vs random": plot.kl_scatter(rep, "random"),
+               "KL ratio densities": plot.kl_ratio_density(rep),
+               "KL atom vs delete (next token)": plot.kl_scatter(rep_next),
+               "Win rate": plot.win_rate_strip([rep]),
+               "Attribution (exact, direct path)": plot.attribution_scatter(att, "exact"),
+               "Attribution (linearised)": plot.attribution_scatter(att, "linearised"),
+               "Attribution (three-factor)": plot.attribution_scatter(att, "three_factor"),
+               "Install inclusion": plot.install_bars(ins), "Install dose": plot.install_dose(ins),
+               f"Feature {card.feature}": plot.feature_card(card)}
+    for name, fig in figures.items():
+        plot.save_html(fig, out / "figures" / (name.lower().replace(" ", "_").replace("(", "").replace(")", "")
+                                                + ".html"), plotlyjs="directory")
+    plot.save_report(figures, out / "report.html", title=f"writelens main job — L{cfg.layer}H{cfg.head}")
+    step("figures")
+    stratum = next((c for c in ins.cells if c.stratum == "100-1000" and c.magnitude == 3.0), None)
+    summary = {
+        "model": description, "site": f"L{cfg.layer}H{cfg.head}", "config": to_jsonable(asdict(cfg)),
+        "sae": {"architecture": "bilinear", "n_features": cfg.n_features, "k": cfg.k, "steps": trained.steps,
+                "val": val.to_dict() if val is not None else None, "n_states": len(data)},
+        "replacement": rep.summary(), "replacement_next_token": rep_next.summary(), "attribution": att.summary(),
+        "attribution_r2_by_epsilon": {"exact": att.stats_exact.r2_by_epsilon,
+                                      "linearised": att.stats_linearised.r2_by_epsilon,
+                                      "three_factor": att.stats_three_factor.r2_by_epsilon},
+        "install": ins.summary(),
+        "feature_card": card.summary(),
+        "headline": {
+            "n_firings": rep.stats.n_firings, "win_rate": rep.stats.win_rate.estimate,
+            "win_rate_ci": [rep.stats.win_rate.lo, rep.stats.win_rate.hi],
+            "strict_chain_rate": rep.stats.strict_chain.estimate,
+            "ratio_of_medians_delete_over_atom": rep.stats.ratio_of_medians["delete"],
+            "ratio_of_medians_random_over_atom": rep.stats.ratio_of_medians["random"],
+            "next_token_win_rate": rep_next.stats.win_rate.estimate,
+            "next_token_strict_chain_rate": rep_next.stats.strict_chain.estimate,
+            "r2_exact_direct_path": att.stats_exact.r2, "r2_linearised": att.stats_linearised.r2,
+            "r2_three_factor": att.stats_three_factor.r2,
+            "install_100_1000_m3_native": stratum.inclusion_native.estimate if stratum else None,
+            "install_100_1000_m3_edited": stratum.inclusion_edited.estimate if stratum else None,
+        },
+        "step_seconds": times, "wall_seconds": round(time.perf_counter() - started, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=1))
+    print(json.dumps(to_jsonable(summary["headline"]), indent=1))
+    print(f"wrote {out}/summary.json, report.html, figures/ in {summary['wall_seconds']}s")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

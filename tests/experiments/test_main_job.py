@@ -1,0 +1,29 @@
+"""The main job runs end to end (random-init model, tiny budget) and writes its summary, JSONs and figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from writelens.experiments import ReplacementResult
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_main_job_quick_random(tmp_path):
+    spec = importlib.util.spec_from_file_location("main_job", ROOT / "examples" / "main_job.py")
+    job = importlib.util.module_from_spec(spec)
+    sys.modules["main_job"] = job  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(job)
+    summary = job.main(["--random", "--quick", "--out", str(tmp_path), "--no-progress"])
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["headline"]["n_firings"] == summary["headline"]["n_firings"] == 40
+    assert set(on_disk["step_seconds"]) == {"load", "extract", "train", "replacement", "attribution", "install",
+                                            "figures"}
+    for name in ("replacement", "attribution", "install", "feature_card"):
+        assert (tmp_path / f"{name}.json").is_file()
+    assert ReplacementResult.from_json(tmp_path / "replacement.json").stats.n_firings == 40
+    assert (tmp_path / "report.html").stat().st_size > 1_000_000
+    assert len(list((tmp_path / "figures").glob("*.html"))) == 11
