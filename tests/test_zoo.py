@@ -1,0 +1,131 @@
+"""The offline model zoo: shipped files, real HF classes, recorded losses, tokenizer, text helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import writelens as wl
+from writelens.errors import ZooModelNotFoundError
+
+NAMES = ("gdn-tiny", "mamba2-tiny")
+CLASSES = {"gdn-tiny": transformers.Qwen3_5ForCausalLM, "mamba2-tiny": transformers.Mamba2ForCausalLM}
+MAX_CHECKPOINT_BYTES = 20 * 2**20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: under ``pytest -n 2`` on 2 cores, two-thread OpenMP forwards spin-wait on each other
+    and an 8x128 forward takes seconds instead of 0.3 s. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def loaded(request):
+    model, tok = wl.zoo.load(request.param)
+    return request.param, model, tok
+
+
+def test_list_and_path():
+    listed = wl.zoo.list()
+    assert tuple(listed) == NAMES
+    for name, desc in listed.items():
+        assert isinstance(desc, str) and desc and "\n" not in desc
+        folder = wl.zoo.path(name)
+        for f in (
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "README.md",
+            "metrics.json",
+        ):
+            assert (folder / f).is_file(), f"{name}: {f} missing"
+        assert (folder / "model.safetensors").stat().st_size <= MAX_CHECKPOINT_BYTES
+
+
+@pytest.mark.parametrize("call", [wl.zoo.path, wl.zoo.load, wl.zoo.metrics])
+def test_unknown_name_raises_named_error(call):
+    with pytest.raises(ZooModelNotFoundError) as err:
+        call("gpt-5")
+    msg = str(err.value)
+    assert "gpt-5" in msg and all(n in msg for n in NAMES)
+    assert isinstance(err.value, KeyError)  # ZooModelNotFoundError is also a KeyError
+
+
+def test_models_are_real_hf_classes_and_recorded_metrics(loaded):
+    name, model, tok = loaded
+    assert type(model) is CLASSES[name]
+    assert not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    m = wl.zoo.metrics(name)
+    assert m["name"] == name and m["model_class"] == CLASSES[name].__name__
+    assert m["n_params"] == sum(p.numel() for p in model.parameters())
+    assert m["heldout_loss"] <= 0.7 * m["heldout_unigram_entropy"]
+    assert m["passes_quality_bar"] is True
+
+
+def test_heldout_snippet_loss_stays_under_recorded_bound(loaded):
+    name, model, tok = loaded
+    snip = wl.zoo.metrics(name)["snippet"]
+    ids = wl.zoo.heldout_passages(snip["n"], snip["n_tokens"], tok, seed=snip["seed"])
+    assert ids.shape == (snip["n"], snip["n_tokens"]) and ids.dtype == torch.long
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (*ids.shape, model.config.vocab_size)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:]).item()
+    assert loss <= snip["bound"], f"{name}: snippet loss {loss:.4f} above the recorded bound {snip['bound']}"
+    # a loss far *below* the record also means the code path changed
+    assert abs(loss - snip["loss"]) <= snip["bound"] - snip["loss"]
+
+
+def test_gdn_tiny_has_qwen35_layout():
+    cfg = transformers.AutoConfig.from_pretrained(wl.zoo.path("gdn-tiny"))
+    assert cfg.model_type == "qwen3_5_text"
+    assert cfg.layer_types[:4] == ["linear_attention"] * 3 + ["full_attention"]
+    assert cfg.linear_num_value_heads == 2 * cfg.linear_num_key_heads
+    assert cfg.linear_key_head_dim == cfg.linear_value_head_dim == 64
+
+
+def test_mamba2_tiny_config():
+    cfg = transformers.AutoConfig.from_pretrained(wl.zoo.path("mamba2-tiny"))
+    assert cfg.model_type == "mamba2"
+    assert cfg.num_heads * cfg.head_dim == cfg.expand * cfg.hidden_size
+    assert (cfg.head_dim, cfg.state_size, cfg.n_groups) == (64, 64, 1)
+
+
+def test_tokenizer_round_trips_and_is_shared():
+    tok = wl.zoo.load_tokenizer("gdn-tiny")
+    assert isinstance(tok, transformers.PreTrainedTokenizerFast)
+    assert len(tok) == 4096
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2)
+    for text in (
+        wl.zoo.heldout_text()[:3000],
+        "Ünïcödé ✓ and\ttabs\n\n  spaces  ",
+        "The LORD is my shepherd",
+    ):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+    assert tok("And God said")["input_ids"] == tok("And God said", add_special_tokens=False)["input_ids"]
+    other = wl.zoo.load_tokenizer("mamba2-tiny")
+    assert other.get_vocab() == tok.get_vocab()
+
+
+def test_text_helpers():
+    held = wl.zoo.heldout_text()
+    assert held.startswith("Now it came to pass in the days when the judges ruled")  # Ruth 1:1
+    assert "In the beginning God created" not in held  # Genesis is train
+    assert "In the beginning God created" in wl.zoo.train_sample_text()
+    a = wl.zoo.heldout_passages(4, 64, seed=1)
+    assert a.shape == (4, 64) and torch.equal(a, wl.zoo.heldout_passages(4, 64, seed=1))
+    assert not torch.equal(a, wl.zoo.heldout_passages(4, 64, seed=2))
+    texts = wl.zoo.heldout_passages(4, 64, seed=1, as_text=True)
+    assert len(texts) == 4 and all(t in held for t in texts)
+    t = wl.zoo.train_sample_passages(3, 32, seed=0)
+    assert t.shape == (3, 32)
+    with pytest.raises(ValueError, match="disjoint passages"):
+        wl.zoo.heldout_passages(1000, 1024)
