@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -54,6 +55,7 @@ class MainJobConfig:
     n_eval: int = 48
     eval_len: int = 128
     max_firings: int = 600
+    population_cap: int = 30  # population mode: firings per atom (atoms with ≥ 5 kept)
     n_attr_passages: int = 16
     n_attr_atoms: int = 8
     epsilons: tuple[float, ...] = (0.01, 0.1, 0.3, 1.0, 3.0)  # × the native write norm at t0
@@ -64,7 +66,7 @@ class MainJobConfig:
 
 
 QUICK = dict(layer=1, head=0, n_train_seqs=32, train_seq_len=48, positions_per_seq=8, n_features=64, k=4,
-             train_steps=60, batch_size=64, n_eval=6, eval_len=32, max_firings=40, n_attr_passages=3, n_attr_atoms=3, n_prompts=3,
+             train_steps=60, batch_size=64, n_eval=6, eval_len=32, max_firings=40, population_cap=3, n_attr_passages=3, n_attr_atoms=3, n_prompts=3,
              prompt_len=16, magnitudes=(3.0,))
 
 
@@ -168,11 +170,15 @@ def main(argv: list[str] | None = None) -> dict:
     rep_next = replacement_test(lens, sae, site, evals, ReplacementOptions(
         max_firings=cfg.max_firings, seed=cfg.seed, kl_position="next", progress=show))
     rep_next.to_json(out / "replacement_next.json")
+    rep_pop = replacement_test(lens, sae, site, evals, ReplacementOptions(
+        max_firings=None, cap_per_atom=cfg.population_cap, seed=cfg.seed, progress=show))
+    rep_pop.to_json(out / "replacement_population.json")
     step("replacement")
     counts = torch.bincount(torch.tensor(rep.atom), minlength=cfg.n_features)
     atoms = counts.argsort(descending=True)[: cfg.n_attr_atoms].tolist()
     att = attribution(lens, sae, site, evals[: cfg.n_attr_passages], atoms, cfg.epsilons,
-                      AttributionOptions(epsilon_mode="write_norm", seed=cfg.seed, progress=show))
+                      AttributionOptions(epsilon_mode="write_norm", target_ranks=(1, 10, 50), seed=cfg.seed,
+                                         progress=show))
     att.to_json(out / "attribution.json")
     step("attribution")
     ins = install_steering(lens, site, prompts, options=InstallOptions(magnitudes=cfg.magnitudes, seed=cfg.seed,
@@ -196,8 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
                "Install inclusion": plot.install_bars(ins), "Install dose": plot.install_dose(ins),
                f"Feature {card.feature}": plot.feature_card(card)}
     for name, fig in figures.items():
-        plot.save_html(fig, out / "figures" / (name.lower().replace(" ", "_").replace("(", "").replace(")", "")
-                                                + ".html"), plotlyjs="directory")
+        stem = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        plot.save_html(fig, out / "figures" / f"{stem}.html", plotlyjs="directory")
     plot.save_report(figures, out / "report.html", title=f"writelens main job — L{cfg.layer}H{cfg.head}")
     step("figures")
     stratum = next((c for c in ins.cells if c.stratum == "100-1000" and c.magnitude == 3.0), None)
@@ -205,10 +211,12 @@ def main(argv: list[str] | None = None) -> dict:
         "model": description, "site": f"L{cfg.layer}H{cfg.head}", "config": to_jsonable(asdict(cfg)),
         "sae": {"architecture": "bilinear", "n_features": cfg.n_features, "k": cfg.k, "steps": trained.steps,
                 "val": val.to_dict() if val is not None else None, "n_states": len(data)},
-        "replacement": rep.summary(), "replacement_next_token": rep_next.summary(), "attribution": att.summary(),
+        "replacement": rep.summary(), "replacement_next_token": rep_next.summary(),
+        "replacement_population": rep_pop.summary(), "attribution": att.summary(),
         "attribution_r2_by_epsilon": {"exact": att.stats_exact.r2_by_epsilon,
                                       "linearised": att.stats_linearised.r2_by_epsilon,
                                       "three_factor": att.stats_three_factor.r2_by_epsilon},
+        "attribution_r2_by_rank": {"linearised": att.stats_linearised.r2_by_rank, "exact": att.stats_exact.r2_by_rank},
         "install": ins.summary(),
         "feature_card": card.summary(),
         "headline": {
@@ -217,6 +225,10 @@ def main(argv: list[str] | None = None) -> dict:
             "strict_chain_rate": rep.stats.strict_chain.estimate,
             "ratio_of_medians_delete_over_atom": rep.stats.ratio_of_medians["delete"],
             "ratio_of_medians_random_over_atom": rep.stats.ratio_of_medians["random"],
+            "population_mean_win_rate": rep_pop.stats.population.mean,
+            "population_ci": [rep_pop.stats.population.lo, rep_pop.stats.population.hi],
+            "population_n_atoms": rep_pop.stats.population.n_atoms,
+            "population_n_firings": rep_pop.stats.population.n_firings,
             "next_token_win_rate": rep_next.stats.win_rate.estimate,
             "next_token_strict_chain_rate": rep_next.stats.strict_chain.estimate,
             "r2_exact_direct_path": att.stats_exact.r2, "r2_linearised": att.stats_linearised.r2,

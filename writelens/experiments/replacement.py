@@ -169,7 +169,8 @@ class ReplacementResult(ExperimentResult):
             "bootstrap_atom_lo": s.bootstrap_by_atom.lo, "bootstrap_atom_hi": s.bootstrap_by_atom.hi,
             "bootstrap_passage_lo": s.bootstrap_by_passage.lo, "bootstrap_passage_hi": s.bootstrap_by_passage.hi,
             "wilcoxon_p": s.wilcoxon.p_value, "cliffs_delta": s.cliffs_delta,
-            "population_mean": s.population.mean, "population_n_atoms": s.population.n_atoms,
+            "population_mean": s.population.mean, "population_lo": s.population.lo, "population_hi": s.population.hi,
+            "population_n_atoms": s.population.n_atoms, "population_n_firings": s.population.n_firings,
             "scale_mode": self.options.scale, "kl_position": self.options.kl_position, "seed": self.options.seed,
         }
         if s.flat_svd_win_rate is not None:
