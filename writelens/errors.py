@@ -107,3 +107,15 @@ class SAEInputError(WriteLensError, ValueError):
     Fix: pass states shaped ``[..., d_k, d_v]`` (``[..., H, d_k, d_v]`` for a stacked SAE with ``n_heads=H``)
     and codes shaped ``[..., n_features]`` (``[..., H, n_features]``).
     """
+
+
+# --- experiments -----------------------------------------------------------------------------------------------
+
+
+class ExperimentError(WriteLensError, ValueError):
+    """An experiment cannot run with the given inputs or options: passages too short for the requested
+    positions or horizons, no positions with the requested token property, a baseline that needs an SAE that
+    was not passed.
+
+    Fix: the message names the option or input; use longer or more passages, other tokens, or pass the SAE.
+    """
