@@ -89,3 +89,18 @@ def test_feature_amplification_zero_dose_reproduces_native_samples():
     assert again.generations == res.generations  # seeded sampling
     back = AmplifyResult.from_json(res.to_json())
     assert back.to_dict() == res.to_dict()
+
+
+def test_bad_inputs_raise_experiment_error():
+    from writelens.errors import ExperimentError
+    from writelens.experiments.logit_attribution import AttributionOptions, attribution
+    from writelens.experiments.replacement import ReplacementOptions, replacement_test
+
+    with pytest.raises(ExperimentError, match="too short"):
+        attribution(lens(), sae(), SITE, passages(1, 8), [0], [0.1], AttributionOptions(progress=False))
+    with pytest.raises(ExperimentError, match="flat_sae"):
+        replacement_test(lens(), sae(), SITE, passages(1, 8), ReplacementOptions(baseline="flat_svd", progress=False))
+    with pytest.raises(ExperimentError, match="install positions"):
+        install_steering(lens(), SITE, passages(1, 2), options=InstallOptions(progress=False))
+    with pytest.raises(ExperimentError, match="no boundary"):
+        feature_amplification(lens(), sae(), SITE, passages(1, 8), passages(1, 4), [], AmplifyOptions(progress=False))

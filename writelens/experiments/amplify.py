@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from writelens.edits import Add
+from writelens.errors import ExperimentError
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin
 from writelens.experiments.common import as_passages, scan_site, single_head_sae, site_tuple
@@ -151,7 +152,8 @@ def feature_amplification(lens, sae, site, selection_passages, prompts, property
     usable[:, : options.min_position] = False
     b, o = boundary & usable, ~boundary & usable
     if not bool(b.any()) or not bool(o.any()):
-        raise ValueError("no boundary (or no non-boundary) positions in the selection passages for these tokens")
+        raise ExperimentError("no boundary (or no non-boundary) positions in the selection passages for these "
+                              "property tokens; pass other tokens or more selection passages.")
     mean_b, mean_o = codes[b].mean(0), codes[o].mean(0)
     score = mean_b - mean_o
     alive = (codes.flatten(0, 1) > 0).any(0)

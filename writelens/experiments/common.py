@@ -14,7 +14,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from writelens.edits import Edit
-from writelens.errors import SAEInputError
+from writelens.errors import ExperimentError, SAEInputError
 from writelens.experiments.base import progress
 
 KLPosition = Literal["last", "next", "mean_from_t"]
@@ -65,7 +65,7 @@ def as_passages(passages: Any) -> Int[Tensor, "N T"]:
     if ids.ndim == 1:
         ids = ids[None]
     if ids.ndim != 2:
-        raise SAEInputError(f"passages must be token ids [N, T], got shape {tuple(ids.shape)}")
+        raise ExperimentError(f"passages must be token ids [N, T], got shape {tuple(ids.shape)}.")
     return ids.long()
 
 

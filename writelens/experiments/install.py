@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from writelens.edits import Install
+from writelens.errors import ExperimentError
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin, progress
 from writelens.experiments.common import as_passages, site_tuple, token_direction
@@ -136,6 +137,9 @@ def install_steering(lens, site, prompts, targets=None, options: InstallOptions 
     ids = as_passages(prompts)
     n, length = ids.shape
     last = length - 1 - options.end_offset
+    if last - options.n_consecutive + 1 < 0:
+        raise ExperimentError(f"prompts of {length} tokens cannot hold {options.n_consecutive} install positions ending "
+                              f"{options.end_offset} before the end; use longer prompts or fewer positions.")
     positions = tuple(range(last - options.n_consecutive + 1, last + 1))
     native = lens.generate(ids, max_new_tokens=options.max_new_tokens)
     first = native.logits[:, 0].float()  # [N, V]: the unedited first-step distribution

@@ -33,6 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from writelens.edits import Add
+from writelens.errors import ExperimentError
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin, progress
 from writelens.experiments.common import (
@@ -261,7 +262,8 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
     rng = np.random.default_rng(options.seed)
     hi = length - 1 - hmax
     if hi < options.min_t0:
-        raise ValueError(f"passages of {length} tokens are too short for min_t0={options.min_t0} and horizon {hmax}")
+        raise ExperimentError(f"passages of {length} tokens are too short for min_t0={options.min_t0} and horizon "
+                              f"{hmax}; use longer passages or smaller AttributionOptions.horizons / min_t0.")
     t0s = [options.t0 if options.t0 is not None else int(rng.integers(options.min_t0, hi + 1)) for _ in range(n)]
     atom_ids = [int(a) for a in atoms]
     fac = sae.atoms(atom_ids)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from writelens.edits import Add, Delete, RandomAtom, Replace
-from writelens.errors import SAEInputError
+from writelens.errors import ExperimentError
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin
 from writelens.experiments.common import (
@@ -280,7 +280,7 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
     layer, head = site_tuple(site)
     sae = single_head_sae(sae, head)
     if options.baseline == "flat_svd" and flat_sae is None:
-        raise SAEInputError("baseline='flat_svd' needs flat_sae= (a FlatSAE trained on the same site).")
+        raise ExperimentError("baseline='flat_svd' needs flat_sae= (a FlatSAE trained on the same site).")
     ids = as_passages(passages)
     n, length = ids.shape
     scan = scan_site(lens, sae, (layer, head), ids, min_position=options.min_position, batch_size=options.scan_batch,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from writelens.errors import ExperimentError
 from writelens.experiments.base import JsonMixin
 
 __all__ = [
@@ -154,7 +155,8 @@ def cluster_bootstrap(values: Any, clusters: Sequence[Any], statistic: Callable[
     v = _arr(values)
     labels = np.asarray([str(c) for c in clusters])
     if labels.size != v.size:
-        raise ValueError(f"values ({v.size}) and clusters ({labels.size}) differ in length")
+        raise ExperimentError(f"values ({v.size}) and clusters ({labels.size}) differ in length; give one cluster "
+                              "label per value.")
     uniq, inv = np.unique(labels, return_inverse=True)
     c = uniq.size
     if v.size == 0:
