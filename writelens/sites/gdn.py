@@ -62,8 +62,8 @@ class GDNCall(RecurrentCall):
         self.scale = self.d_k**-0.5
         self.output: Tensor | None = None  # [B, T, Hv, d_v] as the layer received it (edits included)
         self.injections: list[Injection] = []
-        self._state_cache: dict[int, dict[int, Tensor]] = {}
-        self._last: dict[int, tuple[int, Tensor]] = {}
+        self._state_cache: dict[tuple[int, ...], dict[int, Tensor]] = {}
+        self._last: dict[tuple[int, ...], tuple[int, Tensor]] = {}
 
     # ---- factors ------------------------------------------------------------------------------------------------
 
@@ -152,46 +152,50 @@ class GDNCall(RecurrentCall):
 
     # ---- exact states of a captured call --------------------------------------------------------------------
 
-    def _start_state(self, head: int) -> Tensor:
+    def _start_state(self, heads: tuple[int, ...]) -> Tensor:
         if self.initial_state is None:
-            return torch.zeros(self.batch_size, 1, self.d_k, self.d_v, device=self.value.device)
-        return self.initial_state[:, head : head + 1].float()
+            return torch.zeros(self.batch_size, len(heads), self.d_k, self.d_v, device=self.value.device)
+        return self.initial_state[:, list(heads)].float()
 
-    def _advance(self, head: int, state: Tensor, t0: int, t1: int) -> Tensor:
-        """State after local position t1−1 given the state after t0−1, including recorded injections."""
+    def _advance(self, heads: tuple[int, ...], state: Tensor, t0: int, t1: int) -> Tensor:
+        """State of ``heads`` after local position t1−1 given it after t0−1, including recorded injections."""
         rows = torch.arange(self.batch_size)
-        cuts = sorted({inj.pos - self.offset for inj in self.injections if inj.head == head and t0 <= inj.pos - self.offset < t1})
+        mine = [inj for inj in self.injections if inj.head in heads and t0 <= inj.pos - self.offset < t1]
         start = t0
-        for t in [*cuts, None]:
+        for t in [*sorted({inj.pos - self.offset for inj in mine}), None]:
             stop = t1 if t is None else t + 1
             if stop > start:
-                _, state = self.segment(rows, [head], start, stop, state, zero_value=False)
-            if t is not None:
-                for inj in self.injections:
-                    if inj.head == head and inj.pos - self.offset == t:
-                        state[inj.rows, 0] += inj.delta
+                _, state = self.segment(rows, list(heads), start, stop, state, zero_value=False)
+            for inj in mine:
+                if inj.pos - self.offset == t:
+                    state[inj.rows, heads.index(inj.head)] += inj.delta
             start = stop
         return state
 
-    def state_at(self, head: int, t: int) -> Tensor:
-        """Exact S after the write (and any recorded edit) at local position t, [B, d_k, d_v]; starts from the
-        nearest cached chunk-boundary state (or the last state asked for, so ascending sweeps are linear)."""
-        cache = self._state_cache.setdefault(head, {})
+    def states_at(self, heads: tuple[int, ...], t: int) -> Tensor:
+        """Exact S of ``heads`` after the write (and any recorded edit) at local position t, [B, h, d_k, d_v];
+        starts from the nearest cached chunk-boundary state (or the last state asked for, so ascending sweeps
+        are linear) and recomputes at most one chunk with the model's kernel."""
+        cache = self._state_cache.setdefault(heads, {})
         known = [p for p in cache if p <= t]
         cur = max(known) if known else -1
-        state = cache[cur] if known else self._start_state(head)
-        last = self._last.get(head)
+        state = cache[cur] if known else self._start_state(heads)
+        last = self._last.get(heads)
         if last is not None and cur < last[0] <= t:
             cur, state = last
         while (cur + 1) // CHUNK < (t + 1) // CHUNK:  # cross chunk boundaries, caching each
             nxt = ((cur + 1) // CHUNK + 1) * CHUNK - 1
-            state = self._advance(head, state, cur + 1, nxt + 1)
+            state = self._advance(heads, state, cur + 1, nxt + 1)
             cur = nxt
             cache[cur] = state
         if cur < t:
-            state = self._advance(head, state, cur + 1, t + 1)
-        self._last[head] = (t, state)
-        return state[:, 0]
+            state = self._advance(heads, state, cur + 1, t + 1)
+        self._last[heads] = (t, state)
+        return state
+
+    def state_at(self, head: int, t: int) -> Tensor:
+        """Exact S of one head after local position t, [B, d_k, d_v]."""
+        return self.states_at((head,), t)[:, 0]
 
 
 class GDNInterceptor:
@@ -378,7 +382,7 @@ class GDNAdapter(FamilyAdapter):
 
     def hf_state(self, call: GDNCall, t: int) -> Tensor:
         """All heads' states after local position t in the HF cache layout [B, Hv, d_k, d_v] (role order)."""
-        return torch.stack([call.state_at(h, t) for h in range(call.num_heads)], 1)
+        return call.states_at(tuple(range(call.num_heads)), t)
 
     def out_proj_slice(self, layer: int, head: int) -> Tensor:
         """W_O^h: the columns of ``out_proj`` that read head ``head``'s (normed) output, [d_model, d_v]."""
