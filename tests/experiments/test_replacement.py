@@ -38,7 +38,9 @@ def test_random_atom_with_scale_zero_equals_delete():
     rows = [(p, [e]) for p in range(2) for t in (3, 17)
             for e in (wl.RandomAtom(LAYER, HEAD, t, scale=0.0, seed=11 + t), wl.Delete(LAYER, HEAD, t))]
     kls = run_rows(lens(), ids, rows, lambda i, lg: float(kl_from_logits(native[rows[i][0], -1], lg[-1])), show=False)
-    assert kls[0::2] == pytest.approx(kls[1::2], rel=1e-6, abs=1e-14)
+    # equal up to fp32 rounding of the logits (the two rows may continue from different prefix caches); a nonzero
+    # random atom would differ by orders of magnitude
+    assert kls[0::2] == pytest.approx(kls[1::2], rel=1e-4, abs=1e-14)
     assert all(k > 0 for k in kls)
 
 
