@@ -293,20 +293,28 @@ class FamilyAdapter(ABC):
     def matches(cls, model: nn.Module) -> bool:
         """Whether this adapter can wrap ``model``."""
 
+    # Adapters set ``_layers`` (every decoder layer), ``_modules`` (layer index → recurrent mixer) and
+    # ``num_heads``, ``d_k``, ``d_v`` in ``__init__``; the properties below read them.
+    _layers: Any
+    _modules: dict[int, nn.Module]
+    num_heads: int
+    d_k: int
+    d_v: int
+
     @property
-    @abstractmethod
     def layers(self) -> Any:
         """Every decoder layer (recurrent or not), indexed by the model's own layer index."""
+        return self._layers
 
     @property
-    @abstractmethod
     def layer_modules(self) -> dict[int, nn.Module]:
         """Model layer index → the recurrent mixer module of that layer (hooked to know the current layer)."""
+        return self._modules
 
     @property
-    @abstractmethod
     def sites(self) -> list[Site]:
         """Every (layer, head) write site, in layer then head order."""
+        return [Site(i, h, self.d_k, self.d_v, self.family) for i in self._modules for h in range(self.num_heads)]
 
     @property
     def num_layers(self) -> int:

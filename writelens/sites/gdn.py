@@ -28,7 +28,6 @@ from writelens.sites.base import (
     Injection,
     RecurrentCall,
     RunSession,
-    Site,
     WriteFactors,
     active_session,
     current_layer,
@@ -350,19 +349,6 @@ class GDNAdapter(FamilyAdapter):
         self.num_heads, self.num_k_heads = first.num_v_heads, first.num_k_heads
         self.d_k, self.d_v = first.head_k_dim, first.head_v_dim
         self.kernels: dict[str, DeviceDispatch] = {}
-
-    @property
-    def layer_modules(self) -> dict[int, nn.Module]:
-        return self._modules
-
-    @property
-    def layers(self):
-        return self._layers
-
-    @property
-    def sites(self) -> list[Site]:
-        return [Site(i, h, m.head_k_dim, m.head_v_dim, self.family) for i, m in self._modules.items()
-                for h in range(m.num_v_heads)]
 
     def install(self) -> None:
         for mod in {sys.modules[type(m).__module__] for m in self._modules.values()}:

@@ -32,7 +32,6 @@ from writelens.sites.base import (
     Injection,
     RecurrentCall,
     RunSession,
-    Site,
     WriteFactors,
     active_session,
     current_layer,
@@ -316,19 +315,6 @@ class Mamba2Adapter(FamilyAdapter):
                          if type(getattr(layer, "mixer", None)).__name__ == "Mamba2Mixer"}
         first = next(iter(self._modules.values()))
         self.num_heads, self.d_k, self.d_v = first.num_heads, first.ssm_state_size, first.head_dim
-
-    @property
-    def layers(self):
-        return self._layers
-
-    @property
-    def layer_modules(self) -> dict[int, nn.Module]:
-        return self._modules
-
-    @property
-    def sites(self) -> list[Site]:
-        return [Site(i, h, m.ssm_state_size, m.head_dim, self.family) for i, m in self._modules.items()
-                for h in range(m.num_heads)]
 
     def install(self) -> None:
         for mod in {sys.modules[type(m).__module__] for m in self._modules.values()}:

@@ -39,7 +39,6 @@ from writelens.sites.base import (
     Injection,
     RecurrentCall,
     RunSession,
-    Site,
     WriteFactors,
     active_session,
     current_layer,
@@ -266,19 +265,6 @@ class RWKV7Adapter(FamilyAdapter):
         self._modules = {i: layer.attn for i, layer in enumerate(self._layers) if _is_timemix(layer.attn)}
         first = next(iter(self._modules.values()))
         self.num_heads, self.d_k, self.d_v = first.num_heads, first.head_dim, first.head_dim
-
-    @property
-    def layers(self):
-        return self._layers
-
-    @property
-    def layer_modules(self) -> dict[int, nn.Module]:
-        return self._modules
-
-    @property
-    def sites(self) -> list[Site]:
-        return [Site(i, h, m.head_dim, m.head_dim, self.family) for i, m in self._modules.items()
-                for h in range(m.num_heads)]
 
     def install(self) -> None:
         for mod in {sys.modules[type(m).__module__] for m in self._modules.values()}:
