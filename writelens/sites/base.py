@@ -111,6 +111,43 @@ class RecurrentCall(ABC):
     def state_at(self, head: int, t: int) -> Float[Tensor, "B d_k d_v"]:
         """Exact state after the write (and any recorded edit) at local position t."""
 
+    # ---- exact states: cached boundary states + a forward sweep ---------------------------------------------
+
+    STATE_CHUNK: ClassVar[int] = 64  # spacing of cached boundary states
+
+    def _start_state(self, key: Any) -> Tensor:
+        """The state before local position 0 for ``key`` (a head, or a tuple of heads)."""
+        raise NotImplementedError
+
+    def _advance(self, key: Any, state: Tensor, t0: int, t1: int) -> Tensor:
+        """The state after local position t1−1 given the state after t0−1 (recorded edits included)."""
+        raise NotImplementedError
+
+    def _swept_state(self, key: Any, t: int) -> Tensor:
+        """State after local position t for ``key``: starts from the nearest cached boundary state (or the last
+        state asked for, so ascending sweeps are linear in T) and advances with :meth:`_advance`, caching every
+        boundary it crosses. Families implement ``_start_state`` and ``_advance``."""
+        if not hasattr(self, "_boundary"):
+            self._boundary: dict[Any, dict[int, Tensor]] = {}
+            self._last: dict[Any, tuple[int, Tensor]] = {}
+        chunk = self.STATE_CHUNK
+        cache = self._boundary.setdefault(key, {})
+        known = [p for p in cache if p <= t]
+        cur = max(known) if known else -1
+        state = cache[cur] if known else self._start_state(key)
+        last = self._last.get(key)
+        if last is not None and cur < last[0] <= t:
+            cur, state = last
+        while (cur + 1) // chunk < (t + 1) // chunk:
+            nxt = ((cur + 1) // chunk + 1) * chunk - 1
+            state = self._advance(key, state, cur + 1, nxt + 1)
+            cur = nxt
+            cache[cur] = state
+        if cur < t:
+            state = self._advance(key, state, cur + 1, t + 1)
+        self._last[key] = (t, state)
+        return state
+
     # ---- helpers shared by families ------------------------------------------------------------------------
 
     def resolve(self, edit: Edit) -> list[Injection]:

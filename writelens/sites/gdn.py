@@ -38,8 +38,6 @@ from writelens.sites.gdn_oracle import l2norm, naive_gated_delta_rule
 from writelens.sites.kernels import ConvCapture, DeviceDispatch
 from writelens.sites.points import WriteSites, attach, changed
 
-CHUNK = 64  # boundary spacing of cached states, and the HF/fla chunk size
-
 
 class GDNCall(RecurrentCall):
     """One call of the gated-delta-rule kernel, with the kernel's own (raw, un-normalised) arguments.
@@ -61,8 +59,6 @@ class GDNCall(RecurrentCall):
         self.scale = self.d_k**-0.5
         self.output: Tensor | None = None  # [B, T, Hv, d_v] as the layer received it (edits included)
         self.injections: list[Injection] = []
-        self._state_cache: dict[tuple[int, ...], dict[int, Tensor]] = {}
-        self._last: dict[tuple[int, ...], tuple[int, Tensor]] = {}
 
     # ---- factors ------------------------------------------------------------------------------------------------
 
@@ -173,24 +169,8 @@ class GDNCall(RecurrentCall):
 
     def states_at(self, heads: tuple[int, ...], t: int) -> Tensor:
         """Exact S of ``heads`` after the write (and any recorded edit) at local position t, [B, h, d_k, d_v];
-        starts from the nearest cached chunk-boundary state (or the last state asked for, so ascending sweeps
-        are linear) and recomputes at most one chunk with the model's kernel."""
-        cache = self._state_cache.setdefault(heads, {})
-        known = [p for p in cache if p <= t]
-        cur = max(known) if known else -1
-        state = cache[cur] if known else self._start_state(heads)
-        last = self._last.get(heads)
-        if last is not None and cur < last[0] <= t:
-            cur, state = last
-        while (cur + 1) // CHUNK < (t + 1) // CHUNK:  # cross chunk boundaries, caching each
-            nxt = ((cur + 1) // CHUNK + 1) * CHUNK - 1
-            state = self._advance(heads, state, cur + 1, nxt + 1)
-            cur = nxt
-            cache[cur] = state
-        if cur < t:
-            state = self._advance(heads, state, cur + 1, t + 1)
-        self._last[heads] = (t, state)
-        return state
+        recomputes at most one chunk with the model's kernel (see :meth:`RecurrentCall._swept_state`)."""
+        return self._swept_state(heads, t)
 
     def state_at(self, head: int, t: int) -> Tensor:
         """Exact S of one head after local position t, [B, d_k, d_v]."""

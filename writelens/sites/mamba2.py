@@ -41,8 +41,6 @@ from writelens.sites.kernels import ConvCapture, DeviceDispatch
 from writelens.sites.mamba2_oracle import Mamba2Oracle, effective_dt, naive_ssd
 from writelens.sites.points import attach
 
-CHUNK = 64  # spacing of cached boundary states in ``state_at``
-
 
 class Mamba2Call(RecurrentCall):
     """One SSD kernel call over positions ``[offset, offset + T)``.
@@ -62,8 +60,6 @@ class Mamba2Call(RecurrentCall):
         self.cum = log_decay.cumsum(1).cpu()  # float64 cumulative log-decay, cum[:, t] = Σ_{u ≤ t}
         self.output: Tensor | None = None  # [B, T, H, P] as the layer received it (edits included)
         self.injections: list[Injection] = []
-        self._boundary: dict[int, dict[int, Tensor]] = {}
-        self._last: dict[int, tuple[int, Tensor]] = {}
 
     def group(self, head: int) -> int:
         return head // self.rep
@@ -139,24 +135,9 @@ class Mamba2Call(RecurrentCall):
         return state
 
     def state_at(self, head: int, t: int) -> Tensor:
-        """Exact S_t (role order [B, N, P]) after the write and any recorded edit at local t; from the nearest cached
-        boundary state or the last state asked for (ascending sweeps are linear in T)."""
-        cache = self._boundary.setdefault(head, {})
-        known = [p for p in cache if p <= t]
-        cur = max(known) if known else -1
-        state = cache[cur] if known else self._start_state(head)
-        last = self._last.get(head)
-        if last is not None and cur < last[0] <= t:
-            cur, state = last
-        while (cur + 1) // CHUNK < (t + 1) // CHUNK:
-            nxt = ((cur + 1) // CHUNK + 1) * CHUNK - 1
-            state = self._advance(head, state, cur + 1, nxt + 1)
-            cur = nxt
-            cache[cur] = state
-        if cur < t:
-            state = self._advance(head, state, cur + 1, t + 1)
-        self._last[head] = (t, state)
-        return state.float()
+        """Exact S_t (role order [B, N, P]) after the write and any recorded edit at local t (see
+        :meth:`RecurrentCall._swept_state`)."""
+        return self._swept_state(head, t).float()
 
 
 # ---- interceptors ----------------------------------------------------------------------------------------------

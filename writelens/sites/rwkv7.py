@@ -48,7 +48,6 @@ from writelens.sites.base import (
 from writelens.sites.points import attach
 from writelens.sites.rwkv7_oracle import naive_rwkv7
 
-CHUNK = 64  # spacing of cached boundary states in ``state_at``
 F64 = torch.float64
 
 
@@ -66,8 +65,6 @@ class RWKV7Call(RecurrentCall):
         self.d_v = v.shape[-1]
         self.output: Tensor | None = None  # [B, T, H, V] as the layer received it (edits included)
         self.injections: list[Injection] = []
-        self._boundary: dict[int, dict[int, Tensor]] = {}
-        self._last: dict[int, tuple[int, Tensor]] = {}
 
     def _active(self, rows: Tensor, t0: int, t1: int) -> Tensor:
         """[n, L] float64: 1 where the kernel processes the position, 0 where it is masked."""
@@ -173,24 +170,9 @@ class RWKV7Call(RecurrentCall):
         return state
 
     def state_at(self, head: int, t: int) -> Tensor:
-        """Exact S_t [B, K, V] after the write and any recorded edit at local t; from the nearest cached boundary
-        state or the last state asked for (ascending sweeps are linear in T)."""
-        cache = self._boundary.setdefault(head, {})
-        known = [p for p in cache if p <= t]
-        cur = max(known) if known else -1
-        state = cache[cur] if known else self._start_state(head)
-        last = self._last.get(head)
-        if last is not None and cur < last[0] <= t:
-            cur, state = last
-        while (cur + 1) // CHUNK < (t + 1) // CHUNK:
-            nxt = ((cur + 1) // CHUNK + 1) * CHUNK - 1
-            state = self._advance(head, state, cur + 1, nxt + 1)
-            cur = nxt
-            cache[cur] = state
-        if cur < t:
-            state = self._advance(head, state, cur + 1, t + 1)
-        self._last[head] = (t, state)
-        return state[:, 0].float()
+        """Exact S_t [B, K, V] after the write and any recorded edit at local t (see
+        :meth:`RecurrentCall._swept_state`)."""
+        return self._swept_state(head, t)[:, 0].float()
 
 
 class RWKV7Interceptor:
