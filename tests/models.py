@@ -57,7 +57,7 @@ def ids(batch: int = 2, length: int = 40, vocab: int = 128, seed: int = 0) -> to
     return torch.randint(3, vocab, (batch, length), generator=g)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def qwen35_vlm(seed: int = 0):
     """Qwen3_5ForConditionalGeneration (vision tower + text model); writelens uses its text part."""
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
@@ -87,3 +87,46 @@ def word_tokenizer(vocab: int = 128):
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
                                    unk_token="<pad>")
+
+
+@functools.cache
+def mamba2(groups: int, d_state: int, seed: int = 0):
+    """3 layers, 8 heads × headdim 16, HF chunk 16; gates spread so decays matter over tens of tokens."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    cfg = Mamba2Config(vocab_size=128, hidden_size=64, num_hidden_layers=3, state_size=d_state, expand=2,
+                       head_dim=16, num_heads=8, n_groups=groups, conv_kernel=4, chunk_size=16,
+                       tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = Mamba2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.backbone.layers:
+            layer.mixer.A_log.uniform_(-2.0, 1.5)
+            layer.mixer.dt_bias.normal_(-1.0, 1.0)
+            layer.mixer.D.normal_(0.0, 1.0)
+    return model
+
+
+@functools.cache
+def rwkv7(seed: int = 0):
+    """3 layers × 4 heads × 16. Random init leaves k_k = k_a = 0 (no rank-1 term) and tiny projections; spread
+    them so that decay, the erase term and the writes all matter."""
+    from rwkv7_hf.configuration_rwkv7 import RWKV7Config
+    from rwkv7_hf.modeling_rwkv7 import RWKV7ForCausalLM
+
+    cfg = RWKV7Config(vocab_size=128, hidden_size=64, num_hidden_layers=3, head_dim=16, intermediate_size=128,
+                      decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8, v_low_rank_dim=8,
+                      initializer_range=0.2)
+    torch.manual_seed(seed)
+    model = RWKV7ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn = layer.attn
+            for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
+                getattr(attn, name).uniform_(0.0, 1.0)
+            attn.k_k.normal_(1.0, 0.5)
+            attn.k_a.uniform_(0.0, 1.0)
+            attn.r_k.normal_(0.0, 0.5)
+            attn.w_lora.lora[2].bias.normal_(0.0, 2.0)
+            layer.ffn.x_k.uniform_(0.0, 1.0)
+    return model

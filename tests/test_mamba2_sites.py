@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
-from models import ids
+from models import ids, mamba2
 
 import writelens as wl
 from writelens import errors
@@ -17,24 +15,6 @@ TOL = 1e-5
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
-
-
-@functools.cache
-def mamba2(groups: int, d_state: int, seed: int = 0):
-    """3 layers, 8 heads × headdim 16, HF chunk 16; gates spread so decays matter over tens of tokens."""
-    from transformers import Mamba2Config, Mamba2ForCausalLM
-
-    cfg = Mamba2Config(vocab_size=128, hidden_size=64, num_hidden_layers=3, state_size=d_state, expand=2,
-                       head_dim=16, num_heads=8, n_groups=groups, conv_kernel=4, chunk_size=16,
-                       tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    model = Mamba2ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for layer in model.backbone.layers:
-            layer.mixer.A_log.uniform_(-2.0, 1.5)
-            layer.mixer.dt_bias.normal_(-1.0, 1.0)
-            layer.mixer.D.normal_(0.0, 1.0)
-    return model
 
 
 @pytest.fixture(scope="module", autouse=True)

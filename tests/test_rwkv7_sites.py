@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
-from models import ids
+from models import ids, rwkv7
 
 import writelens as wl
 from writelens import errors
@@ -20,31 +18,6 @@ TOL = 1e-5
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
-
-
-@functools.cache
-def rwkv7(seed: int = 0):
-    """3 layers × 4 heads × 16. Random init leaves k_k = k_a = 0 (no rank-1 term) and tiny projections; spread
-    them so that decay, the erase term and the writes all matter."""
-    from rwkv7_hf.configuration_rwkv7 import RWKV7Config
-    from rwkv7_hf.modeling_rwkv7 import RWKV7ForCausalLM
-
-    cfg = RWKV7Config(vocab_size=128, hidden_size=64, num_hidden_layers=3, head_dim=16, intermediate_size=128,
-                      decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8, v_low_rank_dim=8,
-                      initializer_range=0.2)
-    torch.manual_seed(seed)
-    model = RWKV7ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:
-            attn = layer.attn
-            for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
-                getattr(attn, name).uniform_(0.0, 1.0)
-            attn.k_k.normal_(1.0, 0.5)
-            attn.k_a.uniform_(0.0, 1.0)
-            attn.r_k.normal_(0.0, 0.5)
-            attn.w_lora.lora[2].bias.normal_(0.0, 2.0)
-            layer.ffn.x_k.uniform_(0.0, 1.0)
-    return model
 
 
 @pytest.fixture(scope="module", autouse=True)

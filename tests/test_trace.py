@@ -113,5 +113,5 @@ def test_arming_and_missing_tokenizer():
     assert all(not m.write_sites.armed for m in plain.adapter.layer_modules.values())
     with pytest.raises(errors.MissingTokenizerError, match="tokenizer"):
         plain.require_tokenizer("traced generation")
-    plain.nnsight  # accessing the nnsight wrapper arms the points
+    _ = plain.nnsight  # accessing the nnsight wrapper arms the points
     assert all(m.write_sites.armed for m in plain.adapter.layer_modules.values())

@@ -82,6 +82,15 @@ class WriteCache:
         """The head's kernel output o (before the gated norm and out_proj)."""
         return self.write(layer, head).output
 
+    def outputs(self, layer: int) -> Float[Tensor, "B T H d_v"]:
+        """Every head's kernel output o of a layer, as the layer received it (edits included)."""
+        call = self._call(layer, 0)
+        return call.output.float() if call.output.ndim == 4 else call.output.float()[:, None]
+
+    def recurrent_call(self, layer: int) -> RecurrentCall:
+        """The recorded kernel call of a layer (its factors, exact propagation and states; advanced use)."""
+        return self._call(layer, 0)
+
     def state(self, layer: int, head: int, pos: int | Int[Tensor, " B"]) -> Float[Tensor, "B d_k d_v"]:
         """Exact state ``S_pos`` after the write at ``pos``; ``pos`` an int, or a LongTensor [B] (one per row)."""
         call = self._call(layer, head)

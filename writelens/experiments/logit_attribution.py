@@ -1,17 +1,20 @@
 """Closed-form logit attribution of an atom added to the state (method.md §4; conventions.md "Attribution G").
 
-Perturbation: ``S_{t0} ← S_{t0} + ε u wᵀ`` (u, w the unit factors of an SAE atom) at the site. For an eval position
-t = t0 + h and token ``tok`` (the native rank-r prediction at t), the change of the logit ``ℓ_t[tok]`` is
+Perturbation: ``S_{t0} ← S_{t0} + ε A/‖A‖_F`` at the site, ``A = u wᵀ`` an SAE atom (u on the key side, w on the
+value side; rank-r atoms keep every component). For an eval position t = t0 + h and token ``tok`` (the native
+rank-r prediction at t), the change of the logit ``ℓ_t[tok]`` is predicted, for every family, by
 
 (a) **three-factor** (the paper's form, zero fitted parameters):
-    ``ε · G · d_k^{-1/2} · ⟨u, q̂_t⟩ · ⟨W_U[tok], W_O^h w⟩`` with ``G = Π_{s=t0+1}^{t} exp(g_s)``.
-    Modelled: decay and the read. *Not* modelled: the erase terms ``(I − β_s k̂_s k̂_sᵀ)``, the gated RMSNorm, the
+    ``ε · G · scale · ⟨u, q_t⟩ · ⟨W_U[tok], W_O^h w⟩`` with ``G = Π_{s=t0+1}^{t} α_s`` the scalar decay (GDN
+    ``exp(g_s)``, Mamba-2 ``exp(dt_s A_h)``; RWKV-7 has a per-channel decay w_s, so there ``G`` is a diagonal
+    matrix between u and q). Modelled: the transition's diagonal and the read. *Not* modelled: the erase /
+    rank-1 terms of the transition (GDN ``−β_s k̂_s k̂_sᵀ``, RWKV-7 ``b_s a_sᵀ``), the readout's norm and gate, the
     same layer's MLP, every later layer and the final norm.
-(b) **exact in-layer + direct path** (zero fitted parameters): ``δS_s = α_s (I − β_s k̂_s k̂_sᵀ) δS_{s−1}`` and
-    ``δo_t = d_k^{-1/2} δS_tᵀ q̂_t`` exactly (float64), then the *direct* output path linearised at the native point:
-    gated RMSNorm Jacobian (at o_t, z_t) → ``W_O^h`` → final-norm Jacobian (at the native residual h_t) → ``W_U``.
-    The same layer's MLP and later layers are ignored (their contribution is what (b) misses); the path is exact to
-    first order when the edited layer's MLP output is zero and it is the last layer.
+(b) **exact in-layer + direct path** (zero fitted parameters): ``δo_s`` exactly through the recorded transitions
+    (the family's own exact propagation, held against the float64 oracles), then the *direct* output path
+    linearised at the native point: the readout (gated norm, ``W_O``) → the final norm (at the native residual)
+    → ``W_U``, by forward-mode JVP of the real modules. The same layer's MLP and later layers are ignored (their
+    contribution is what (b) misses); the path is exact to first order when it is the whole path.
 (b') **linearised** (zero fitted parameters): the same exact δo_s (s = t0 … t), read through the *whole* network
     linearised at the native point: ``Σ_s ⟨∂ℓ_t[tok]/∂o_s, δo_s⟩``, the gradient taken by backpropagation from the
     logit to the head's kernel output o (the same layer's MLP, every later layer and later positions included).
@@ -29,8 +32,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from jaxtyping import Float
-from torch import Tensor
 
 from writelens.edits import Add
 from writelens.errors import ExperimentError
@@ -44,9 +45,16 @@ from writelens.experiments.common import (
     site_tuple,
     unembedding,
 )
+from writelens.experiments.linearise import (
+    NativePoint,
+    direct_path,
+    downstream_gradients,
+    native_point,
+    propagate_delta,
+)
 
-__all__ = ["AttributionOptions", "AttributionResult", "AttributionStats", "attribution", "native_point",
-           "propagate_delta", "downstream_gradients"]
+__all__ = ["AttributionOptions", "AttributionResult", "AttributionStats", "attribution", "NativePoint",
+           "native_point", "propagate_delta", "downstream_gradients"]
 
 
 @dataclass
@@ -142,114 +150,13 @@ def _median(d: dict[str, float]) -> float:
     return float(np.median(vals)) if vals else float("nan")
 
 
-@dataclass
-class NativePoint:
-    """Native quantities of a site along passages (for the linearised output path), [B, T, ...] each."""
-
-    logits: Float[Tensor, "B T V"]
-    key: Float[Tensor, "B T d_k"]
-    beta: Float[Tensor, "B T"]
-    alpha: Float[Tensor, "B T"]
-    query: Float[Tensor, "B T d_k"]
-    scale: float
-    output: Float[Tensor, "B T d_v"]
-    gate: Float[Tensor, "B T d_v"]
-    residual: Float[Tensor, "B T d_model"]
-    write_norm: Float[Tensor, "B T"]
-
-
-@torch.no_grad()
-def native_point(lens, layer: int, head: int, ids) -> NativePoint:
-    """One native run recording the site's factors, its kernel output o and gate z (inputs of the gated norm) and
-    the residual entering the final norm."""
-    module = lens.adapter.layer_modules[layer]
-    final_norm = lens.adapter.decoder.norm
-    seen: dict[str, Tensor] = {}
-
-    def grab_gate(mod, args):
-        seen["o"], seen["z"] = args[0].detach(), args[1].detach()
-
-    def grab_final(mod, args):
-        seen["h"] = args[0].detach()
-
-    handles = [module.norm.register_forward_pre_hook(grab_gate), final_norm.register_forward_pre_hook(grab_final)]
-    try:
-        out = lens.run(ids, cache=True, sites=[(layer, head)])
-    finally:
-        for h in handles:
-            h.remove()
-    w = out.cache.write(layer, head)
-    b, t = ids.shape
-    z = seen["z"].reshape(b, t, -1, w.output.shape[-1])[:, :, head].float()
-    o = seen["o"].reshape(b, t, -1, w.output.shape[-1])[:, :, head].float()
-    return NativePoint(out.logits.float(), w.key, w.beta, w.alpha, w.query, w.scale, o, z, seen["h"].float(),
-                       w.beta.abs() * w.key.norm(dim=-1) * w.value.norm(dim=-1))
-
-
-def propagate_delta(point: NativePoint, row: int, t0: int, delta: Float[Tensor, "A d_k d_v"], t_max: int,
-                    with_read: bool = True) -> Float[Tensor, "A L d_v"]:
-    """Exact δo_t for t = t0 … t_max of perturbations ``delta`` added to S_{t0} of passage ``row`` (float64):
-    ``δS_s = α_s (δS_{s−1} − β_s k̂_s (k̂_sᵀ δS_{s−1}))``, ``δo_s = scale · δS_sᵀ q̂_s``. Returns [A, t_max−t0+1, d_v]."""
-    ds = delta.double()
-    outs = []
-    for s in range(t0, t_max + 1):
-        if s > t0:
-            k = point.key[row, s].double()
-            ds = point.alpha[row, s].double() * (ds - point.beta[row, s].double() * k[None, :, None]
-                                                 * torch.einsum("k,akv->av", k, ds)[:, None, :])
-        q = point.query[row, s].double()
-        do = point.scale * torch.einsum("akv,k->av", ds, q)
-        outs.append(do if (s > t0 or with_read) else torch.zeros_like(do))
-    return torch.stack(outs, 1)
-
-
-def downstream_gradients(lens, layer: int, head: int, ids: Tensor, targets: list[tuple[int, int]]
-                         ) -> Float[Tensor, "n T d_v"]:
-    """∂ℓ_t[tok]/∂o_s for each (t, tok) of ``targets`` and every position s, where o is head ``head``'s kernel output
-    at ``layer`` (the gated norm's input) of the one passage ``ids`` [T]: one batched forward + backward at the native
-    point (rows = targets)."""
-    module = lens.adapter.layer_modules[layer]
-    n, length = len(targets), ids.shape[-1]
-    store: dict[str, Tensor] = {}
-
-    def leaf(mod, args):
-        store["o"] = args[0].detach().requires_grad_(True)
-        return (store["o"], *args[1:])
-
-    handle = module.norm.register_forward_pre_hook(leaf)
-    try:
-        with torch.enable_grad():
-            logits = lens.model(input_ids=ids.reshape(1, -1).expand(n, -1).to(lens.device), use_cache=False).logits
-            ts = torch.tensor([t for t, _ in targets])
-            toks = torch.tensor([tok for _, tok in targets])
-            (grad,) = torch.autograd.grad(logits[torch.arange(n), ts, toks].sum(), store["o"])
-    finally:
-        handle.remove()
-    return grad.reshape(n, length, -1, grad.shape[-1])[:, :, head].float()
-
-
-def _direct_path(lens, layer: int, head: int, point: NativePoint, row: int, ts: list[int], d_o: Tensor) -> Tensor:
-    """δ residual at the final norm's output for δo [A, len(ts), d_v] through the linearised direct path."""
-    norm = lens.adapter.layer_modules[layer].norm
-    final_norm = lens.adapter.decoder.norm
-    a, n, dv = d_o.shape
-    o = point.output[row, ts].expand(a, n, dv).reshape(-1, dv)
-    z = point.gate[row, ts].expand(a, n, dv).reshape(-1, dv)
-    _, dy = torch.func.jvp(lambda x: norm(x, z), (o,), (d_o.reshape(-1, dv).float(),))
-    w_o = out_proj_slice(lens, layer, head)
-    dh = dy @ w_o.T
-    h = point.residual[row, ts].expand(a, n, -1).reshape(-1, dh.shape[-1])
-    _, dhf = torch.func.jvp(final_norm, (h,), (dh,))
-    return dhf.reshape(a, n, -1)
-
-
 @torch.no_grad()
 def attribution(lens, sae, site, passages, atoms, epsilons, options: AttributionOptions | None = None
                 ) -> AttributionResult:
-    """Predicted vs measured logit changes of adding ``ε u_i w_iᵀ`` at t0 (see the module doc).
+    """Predicted vs measured logit changes of adding ``ε A_i/‖A_i‖_F`` at t0 (see the module doc), on any family.
 
     Args:
-        sae: the SAE whose atoms are used (unit-norm factors from ``sae.atoms``; rank-1 part of rank-r atoms).
+        sae: the SAE whose atoms are used (``sae.atoms(...).matrix()``, every rank component, unit Frobenius norm).
         passages: token ids [N, T]. atoms: feature ids. epsilons: ε values (see ``epsilon_mode``).
     """
     options = options or AttributionOptions()
@@ -267,8 +174,8 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
     t0s = [options.t0 if options.t0 is not None else int(rng.integers(options.min_t0, hi + 1)) for _ in range(n)]
     atom_ids = [int(a) for a in atoms]
     fac = sae.atoms(atom_ids)
-    u, w = fac.key[:, 0].float(), fac.value[:, 0].float()  # [A, d_k], [A, d_v]
-    unit = torch.einsum("ak,av->akv", u, w)
+    mats = fac.matrix().float()  # [A, d_k, d_v]: Σ_r u_r w_rᵀ (rank-r atoms keep every component)
+    unit = mats / mats.flatten(1).norm(dim=-1).clamp_min(1e-30)[:, None, None]
     w_u = unembedding(lens)
     w_o = out_proj_slice(lens, layer, head)
     cols: dict[str, list] = {k: [] for k in ("passage", "atom", "epsilon", "epsilon_abs", "t0", "t", "rank", "token",
@@ -285,10 +192,11 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
             targets = [(t, int(tok)) for hi_, t in enumerate(ts) for tok in
                        point.logits[r, t].argsort(descending=True)[[k - 1 for k in options.target_ranks]].tolist()]
             grads = downstream_gradients(lens, layer, head, batch[r], targets)[:, t0 : t0 + hmax + 1].double()
-            dhf = _direct_path(lens, layer, head, point, r, ts, d_o)  # [A, H, d_model]
-            gain = torch.cumprod(point.alpha[r, t0 + 1 : t0 + hmax + 1].double(), 0)
-            gain = torch.cat([torch.ones(1, dtype=torch.float64), gain])[list(options.horizons)]  # [H]
-            read = torch.einsum("ak,hk->ah", u.double(), point.query[r, ts].double()) * point.scale  # [A, H]
+            dhf = direct_path(lens, layer, point, r, ts, d_o)  # [A, H, d_model]
+            # the three-factor gain: the transition's diagonal only (GDN / Mamba-2: Π α_s; RWKV-7: Π w_s per channel)
+            gain = torch.cumprod(point.key_decay[r, t0 + 1 : t0 + hmax + 1].double(), 0)  # [hmax, d_k]
+            gain = torch.cat([torch.ones(1, gain.shape[-1], dtype=torch.float64), gain])[list(options.horizons)]
+            read = (gain * point.query[r, ts].double()) * point.scale  # [H, d_k]: G ⊙ q̂_t · scale
             logits = point.logits[r, ts]  # [H, V]
             order = logits.argsort(-1, descending=True)
             for hi_, t in enumerate(ts):
@@ -296,8 +204,8 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
                     tok = int(order[hi_, rank - 1])
                     natives[(p, t, tok)] = float(logits[hi_, tok])
                     exact = (dhf[:, hi_] @ w_u[tok]).double()  # [A]
-                    value_dir = (w.double() @ (w_o.T.double() @ w_u[tok].double()))  # [A]
-                    three = gain[hi_] * read[:, hi_] * value_dir
+                    value_dir = w_o.T.double() @ w_u[tok].double()  # [d_v]: W_O^hᵀ W_U[tok]
+                    three = torch.einsum("k,akv,v->a", read[hi_], unit.double(), value_dir)
                     g = grads[targets.index((t, tok))][: t - t0 + 1]  # [t − t0 + 1, d_v]
                     lin = torch.einsum("asv,sv->a", d_all[:, : t - t0 + 1], g)
                     for ai, atom in enumerate(atom_ids):
@@ -306,7 +214,7 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
             for ai, atom in enumerate(atom_ids):
                 for eps in epsilons:
                     e_abs = float(eps) * (wn if options.epsilon_mode == "write_norm" else 1.0)
-                    rows.append((p, [Add(layer, head, t0, key=u[ai], value=w[ai], scale=e_abs)], atom, float(eps), e_abs))
+                    rows.append((p, [Add(layer, head, t0, matrix=unit[ai], scale=e_abs)], atom, float(eps), e_abs))
     edit_rows = [(p, es) for p, es, *_ in rows]
     wanted: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for (p, atom, t, tok, *_rest) in keys:

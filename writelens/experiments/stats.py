@@ -239,7 +239,8 @@ def fitted_scale(measured: Any, predicted: Any) -> float:
 
 
 def sign_agreement(measured: Any, predicted: Any, atol: float = 0.0) -> Interval:
-    """P(sign(predicted) = sign(measured)) over pairs with |measured| > ``atol`` and predicted ≠ 0 (Wilson CI)."""
+    """P(sign(predicted) = sign(measured)) over pairs with |measured| > ``atol`` and a finite predicted ≠ 0
+    (Wilson CI)."""
     m, p = _arr(measured), _arr(predicted)
-    keep = (np.abs(m) > atol) & (p != 0)
+    keep = (np.abs(m) > atol) & (p != 0) & np.isfinite(p)
     return proportion(np.sign(m[keep]) == np.sign(p[keep]))

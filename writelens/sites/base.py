@@ -236,7 +236,8 @@ class RunSession:
 
     ``edits``: edits to apply (absolute positions); ``capture``: layer indices whose kernel calls are recorded;
     ``start_pos``: absolute position of the first token of this forward; ``kernel_override``: a callable that
-    replaces the kernel (the float64 oracle) or None.
+    replaces the kernel (the float64 oracle) or None; ``output_hook``: ``f(layer, o) -> o`` applied to every
+    multi-token kernel output o [B, T, H, d_v] (after edits), e.g. to make o a leaf for gradients, or None.
     """
 
     edits: list[Edit] = field(default_factory=list)
@@ -248,6 +249,11 @@ class RunSession:
     positions: dict[int, int] = field(default_factory=dict)
     capture_conv: frozenset[int] = frozenset()
     conv_inputs: dict[int, Tensor] = field(default_factory=dict)
+    output_hook: Any = None
+
+    def hook_output(self, layer: int, out: Tensor) -> Tensor:
+        """``out`` passed through ``output_hook`` (unchanged when there is none)."""
+        return out if self.output_hook is None else self.output_hook(layer, out)
 
     def edits_for(self, layer: int) -> list[Edit]:
         return [e for e in self.edits if e.layer == layer]
@@ -388,6 +394,25 @@ class FamilyAdapter(ABC):
     def cache_length(self, cache: Any) -> int:
         """How many tokens an HF cache holds."""
         return int(cache.get_seq_length())
+
+    # ---- the readout: from the kernel outputs o to the mixer's output (attribution's direct path) ----------------
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The norm applied to the residual stream before the unembedding."""
+        raise UnsupportedModelError(f"the {self.family} adapter does not name its final norm.")
+
+    def readout_inputs(self, layer: int) -> contextlib.AbstractContextManager[dict[str, Tensor]]:
+        """A context manager yielding a dict that forwards run inside the block fill with the S-independent inputs
+        of layer ``layer``'s readout (gates ...), each [B, T, ...] as :meth:`readout` takes them per position."""
+        raise UnsupportedModelError(f"the {self.family} adapter has no readout description.")
+
+    def readout(self, layer: int, outputs: Float[Tensor, "N H d_v"], inputs: dict[str, Tensor]
+                ) -> Float[Tensor, "N d_model"]:
+        """The mixer's output at N positions as a function of every head's kernel output o (``outputs``), the
+        other readout inputs held at their recorded values (``inputs``, each indexed to the same N positions),
+        up to terms that do not depend on o. Differentiable; used linearised (JVP) by the attribution."""
+        raise UnsupportedModelError(f"the {self.family} adapter has no readout description.")
 
     def run_with_prefix_reuse(self, lens: Any, input_ids: Tensor, edits: list[Edit]) -> Tensor:
         """Logits [B, T, V] of an edited run that reuses the native prefix (``writelens.fastpath``, which builds an

@@ -16,7 +16,9 @@ picked by transformers at import time cannot run without a GPU).
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -265,6 +267,7 @@ def _handle_call(session: RunSession, layer: int, sites: WriteSites | None, kern
         out = sites.read(out)
         if state is not None:
             state = sites.state(state)
+    out = session.hook_output(layer, out)
     session.positions[layer] = offset + query.shape[1]
     session.injections.setdefault(layer, []).extend(injections)
     if captured:
@@ -349,6 +352,35 @@ class GDNAdapter(FamilyAdapter):
     def hf_state(self, call: GDNCall, t: int) -> Tensor:
         """All heads' states after local position t in the HF cache layout [B, Hv, d_k, d_v] (role order)."""
         return call.states_at(tuple(range(call.num_heads)), t)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.decoder.norm
+
+    @contextlib.contextmanager
+    def readout_inputs(self, layer: int) -> Iterator[dict[str, Tensor]]:
+        """Records ``z`` [B, T, H·d_v], the gate of the layer's gated RMSNorm ``norm(o, z)``."""
+        module, store = self._modules[layer], {}
+
+        def shape(mod, args, kwargs):
+            store["_bt"] = (args[0] if args else kwargs["hidden_states"]).shape[:2]
+
+        def grab(mod, args):
+            store["z"] = args[1].detach().reshape(*store.pop("_bt"), -1)
+
+        handles = [module.register_forward_pre_hook(shape, with_kwargs=True),
+                   module.norm.register_forward_pre_hook(grab)]
+        try:
+            yield store
+        finally:
+            for h in handles:
+                h.remove()
+
+    def readout(self, layer: int, outputs: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """``out_proj(norm(o, z))``: the gated RMSNorm acts per head."""
+        module, n = self._modules[layer], outputs.shape[0]
+        y = module.norm(outputs.reshape(-1, self.d_v), inputs["z"].reshape(-1, self.d_v))
+        return module.out_proj(y.reshape(n, -1))
 
     def out_proj_slice(self, layer: int, head: int) -> Tensor:
         """W_O^h: the columns of ``out_proj`` that read head ``head``'s (normed) output, [d_model, d_v]."""

@@ -20,7 +20,9 @@ kernel and add the exactly propagated effect of edits (closed form: δS_s = exp(
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -213,6 +215,7 @@ class ChunkScanInterceptor:
         out, state = res if return_final_states else (res, None)
         if injections and session.kernel_override is None:
             out, state = _apply(call, injections, out, state, step=False)
+        out = session.hook_output(layer, out)
         _finish(session, layer, call, injections, out, T)
         return (out, state) if return_final_states else out
 
@@ -347,6 +350,31 @@ class Mamba2Adapter(FamilyAdapter):
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         return self.model(**kwargs)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.backbone.norm_f
+
+    @contextlib.contextmanager
+    def readout_inputs(self, layer: int) -> Iterator[dict[str, Tensor]]:
+        """Records ``gate`` [B, T, H·P], the gate of the mixer's grouped gated RMSNorm ``norm(y, gate)``."""
+        store: dict[str, Tensor] = {}
+
+        def grab(mod, args):
+            store["gate"] = args[1].detach()
+
+        handle = self._modules[layer].norm.register_forward_pre_hook(grab)
+        try:
+            yield store
+        finally:
+            handle.remove()
+
+    def readout(self, layer: int, outputs: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """``out_proj(norm(y, gate))`` with y the kernel output (D skip included); the norm mixes the heads of a
+        group (its RMS runs over ``group_size`` channels)."""
+        module, n = self._modules[layer], outputs.shape[0]
+        y = module.norm(outputs.reshape(n, -1), inputs["gate"])
+        return module.out_proj(y.to(module.out_proj.weight.dtype))
 
     def out_proj_slice(self, layer: int, head: int) -> Tensor:
         """W_O^h: the columns of ``out_proj`` that read head ``head``'s (gated, normed) output, [d_model, headdim]."""

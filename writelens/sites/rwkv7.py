@@ -205,6 +205,7 @@ class RWKV7Interceptor:
                 out, state = out.clone(), state.clone()
                 out[:, :, heads] = (out[:, :, heads].float() + d_o.to(out.device)).to(out.dtype)
                 state[:, heads] = (state[:, heads].float() + d_s.to(state.device)).to(state.dtype)
+        out = session.hook_output(layer, out)
         session.positions[layer] = offset + key.shape[1]
         session.injections.setdefault(layer, []).extend(injections)
         if captured:
@@ -274,6 +275,32 @@ class RWKV7Adapter(FamilyAdapter):
 
     def cache_length(self, cache: Any) -> int:
         return int(cache.get_seq_length())
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.model.norm
+
+    @contextlib.contextmanager
+    def readout_inputs(self, layer: int) -> Iterator[dict[str, Tensor]]:
+        """Records ``gate`` [B, T, H·V], the output gate (the ``g_lora`` projection)."""
+        store: dict[str, Tensor] = {}
+
+        def grab(mod, args, out):
+            store["gate"] = out.detach()
+
+        handle = self._modules[layer].g_lora.lora[2].register_forward_hook(grab)
+        try:
+            yield store
+        finally:
+            handle.remove()
+
+    def readout(self, layer: int, outputs: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """``o_proj(group_norm(o) · gate)``, leaving out the S-independent bonus ``(r·(r_k⊙k)) v`` (added after
+        the norm, so it shifts the output by a constant) and the padding mask."""
+        module, n = self._modules[layer], outputs.shape[0]
+        y = torch.nn.functional.group_norm(outputs.reshape(n, -1), module.g_norm.num_groups, module.g_norm.weight,
+                                           module.g_norm.bias, module.g_norm.eps)
+        return module.o_proj(y * inputs["gate"])
 
     def out_proj_slice(self, layer: int, head: int) -> Tensor:
         """W_O^h: the columns of ``o_proj`` that read head ``head``'s (group-normed, gated) output, [d_model, V]."""
