@@ -1,7 +1,8 @@
-"""The method's main job on the zoo's ``gdn-tiny``: extract → train a WriteSAE → replacement test → attribution →
-install → figures (HTML) and ``summary.json``.
+"""The method's main job on a zoo model: extract → train a WriteSAE → replacement test → attribution → install →
+figures (HTML) and ``summary.json``.
 
     python examples/main_job.py                     # gdn-tiny (≤ 10 min on 2 CPU cores)
+    python examples/main_job.py --model mamba2-tiny # the same on the Mamba-2 zoo model (site L4 H0)
     python examples/main_job.py --random            # no zoo model: a random-init model of the same shape (smoke run)
     python examples/main_job.py --random --quick    # a tiny model and tiny budget (seconds; used by the tests)
 
@@ -70,18 +71,24 @@ QUICK = dict(layer=1, head=0, n_train_seqs=32, train_seq_len=48, positions_per_s
              prompt_len=16, magnitudes=(3.0,))
 
 
-def load_model(random: bool, quick: bool):
+#: the default site per zoo model: a mid-depth recurrent layer, a head with long memory (mean decay near 1)
+SITES = {"gdn-tiny": (4, 1), "mamba2-tiny": (4, 0)}
+
+
+def load_model(name: str, random: bool, quick: bool):
     """(lens, train token ids fn, held-out token ids fn, description)."""
     if not random:
         try:
-            model, tok = wl.zoo.load("gdn-tiny")
+            model, tok = wl.zoo.load(name)
         except (FileNotFoundError, wl.errors.ZooModelNotFoundError) as exc:
-            sys.exit(f"The zoo model gdn-tiny is not installed ({exc}).\n"
+            sys.exit(f"The zoo model {name} is not installed ({exc}).\n"
                      "Run `python examples/main_job.py --random` for a smoke run on a random-init model of the "
-                     "same shape, or build the model with `python -m writelens.zoo.train gdn-tiny`.")
+                     f"same shape, or build the model with `python -m writelens.zoo.train {name}`.")
         lens = wl.WriteLens(model, tokenizer=tok)
         return (lens, lambda n, t: wl.zoo.train_sample_passages(n, t), lambda n, t: wl.zoo.heldout_passages(n, t),
-                "zoo gdn-tiny (KJV); SAE trained on train-sample passages, experiments on held-out books")
+                f"zoo {name} (KJV); SAE trained on train-sample passages, experiments on held-out books")
+    if name == "mamba2-tiny":
+        return random_mamba2(quick)
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
     from writelens.zoo.registry import gdn_tiny_config
@@ -108,9 +115,32 @@ def load_model(random: bool, quick: bool):
     return wl.WriteLens(model), tokens(0), tokens(1), "random-init Qwen3.5 on random tokens (smoke run: no meaning)"
 
 
+def _random_tokens(vocab: int, seed: int):
+    return lambda n, t: torch.randint(3, vocab, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def random_mamba2(quick: bool):
+    """A random-init Mamba2ForCausalLM (the zoo shape, or a tiny one with ``quick``), gates spread."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    from writelens.zoo.registry import mamba2_tiny_config
+
+    cfg = (Mamba2Config(vocab_size=256, hidden_size=64, num_hidden_layers=2, state_size=16, expand=2, head_dim=16,
+                        num_heads=8, n_groups=1, conv_kernel=4, chunk_size=16) if quick else mamba2_tiny_config())
+    torch.manual_seed(0)
+    model = Mamba2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.backbone.layers:
+            layer.mixer.A_log.uniform_(-2.0, 1.0)
+            layer.mixer.dt_bias.normal_(-1.0, 1.0)
+    return (wl.WriteLens(model), _random_tokens(cfg.vocab_size, 0), _random_tokens(cfg.vocab_size, 1),
+            "random-init Mamba-2 on random tokens (smoke run: no meaning)")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/main_job")
+    parser.add_argument("--model", default="gdn-tiny", choices=sorted(SITES), help="zoo model (default gdn-tiny)")
+    parser.add_argument("--out", default=None, help="output folder (default runs/main_job, or runs/main_job_<model>)")
     parser.add_argument("--random", action="store_true", help="random-init model (no zoo model needed)")
     parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test)")
     parser.add_argument("--layer", type=int)
@@ -120,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     cfg = MainJobConfig(**(QUICK if args.quick else {}))
+    if not args.quick:
+        cfg.layer, cfg.head = SITES[args.model]
     if args.layer is not None:
         cfg.layer = args.layer
     if args.head is not None:
@@ -127,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     show = not args.no_progress
-    out = Path(args.out)
+    out = Path(args.out or ("runs/main_job" if args.model == "gdn-tiny" else f"runs/main_job_{args.model}"))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     times: dict[str, float] = {}
@@ -136,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         times[name] = round(time.perf_counter() - started - sum(times.values()), 2)
         print(f"[{time.perf_counter() - started:6.1f}s] {name} done", flush=True)
 
-    lens, train_tokens, heldout_tokens, description = load_model(args.random, args.quick)
+    lens, train_tokens, heldout_tokens, description = load_model(args.model, args.random, args.quick)
     site = (cfg.layer, cfg.head)
     lens.site(*site)  # raises a named error for a bad site
     print(f"{description}\n{lens}\nsite L{cfg.layer}H{cfg.head}", flush=True)

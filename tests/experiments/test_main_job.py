@@ -7,17 +7,20 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from writelens.experiments import ReplacementResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_main_job_quick_random(tmp_path):
+@pytest.mark.parametrize("model", ["gdn-tiny", "mamba2-tiny"])
+def test_main_job_quick_random(tmp_path, model):
     spec = importlib.util.spec_from_file_location("main_job", ROOT / "examples" / "main_job.py")
     job = importlib.util.module_from_spec(spec)
     sys.modules["main_job"] = job  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(job)
-    summary = job.main(["--random", "--quick", "--out", str(tmp_path), "--no-progress"])
+    summary = job.main(["--model", model, "--random", "--quick", "--out", str(tmp_path), "--no-progress"])
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["headline"]["n_firings"] == summary["headline"]["n_firings"] == 40
     assert set(on_disk["step_seconds"]) == {"load", "extract", "train", "replacement", "attribution", "install",
