@@ -82,18 +82,24 @@ def test_assigning_the_read_changes_later_positions_only(lens):
 
 
 def test_generation_with_per_step_iteration(lens):
+    """The prefill edit persists through the decode steps: per-step logits equal an edited oracle run over the
+    generated sequence (a single Delete rarely flips a greedy token, so logits are compared, not only tokens)."""
     x = ids(1, 12, seed=4)
     ref = lens.generate(x, max_new_tokens=3, edits=[wl.Delete(1, 0, 5)])
     with lens.nnsight.generate(x, max_new_tokens=3, do_sample=False) as tracer:
-        shapes = list().save()
+        shapes, logits = list().save(), list().save()
         p = lens.points(1)
         for step in tracer.iter[:3]:
             if step == 0:
                 p.value.output[:, 5, 0] = 0
             shapes.append(p.value.output.shape)
+            logits.append(lens.nnsight.lm_head.output[0, -1])
         out = tracer.result.save()
     assert [tuple(s) for s in shapes] == [(1, 12, 2, 16), (1, 1, 2, 16), (1, 1, 2, 16)]
     assert torch.equal(out[:, 12:], ref.new_tokens)
+    expected = lens.run(out, edits=[wl.Delete(1, 0, 5)], oracle=True).logits[0, 11:14]
+    assert rel(torch.stack(logits), expected) < 1e-5
+    assert rel(torch.stack(logits), lens.run(out).logits[0, 11:14]) > 1e-4
 
 
 def test_plain_nnsight_language_model_sees_the_sites(lens):

@@ -37,10 +37,12 @@ from writelens.sites.base import (
     WriteFactors,
     active_session,
     current_layer,
+    current_module,
     register_family,
 )
 from writelens.sites.kernels import ConvCapture, DeviceDispatch
 from writelens.sites.mamba2_oracle import Mamba2Oracle, effective_dt, naive_ssd
+from writelens.sites.mamba2_points import armed_sites, input_points, output_points
 from writelens.sites.points import attach
 
 
@@ -48,18 +50,21 @@ class Mamba2Call(RecurrentCall):
     """One SSD kernel call over positions ``[offset, offset + T)``.
 
     x: [B, T, H, P]; dt: [B, T, H] effective step sizes (fp32); A: [H]; Bm, Cm: [B, T, G, N]; D: [H] or None;
-    initial_state: [B, H, P, N] (HF layout) or None.
+    initial_state: [B, H, P, N] (HF layout) or None; log_decay: [B, T, H] when the decay is not ``dt·A`` (an
+    assigned ``gate`` trace point).
     """
 
-    def __init__(self, x, dt, A, Bm, Cm, D, initial_state, offset):
+    def __init__(self, x, dt, A, Bm, Cm, D, initial_state, offset, log_decay=None):
         self.x, self.dt, self.A, self.Bm, self.Cm, self.D = x, dt, A, Bm, Cm, D
         self.initial_state = initial_state
         self.offset = offset
         self.batch_size, self.length, self.num_heads, self.d_v = x.shape
         self.num_groups, self.d_k = Bm.shape[2], Bm.shape[3]
         self.rep = self.num_heads // self.num_groups
-        log_decay = dt.double() * A.double().to(dt.device)  # [B, T, H]
-        self.cum = log_decay.cumsum(1).cpu()  # float64 cumulative log-decay, cum[:, t] = Σ_{u ≤ t}
+        if log_decay is None:
+            log_decay = dt.double() * A.double().to(dt.device)
+        self.log_decay = log_decay.double().cpu()  # [B, T, H]
+        self.cum = self.log_decay.cumsum(1)  # float64 cumulative log-decay, cum[:, t] = Σ_{u ≤ t}
         self.output: Tensor | None = None  # [B, T, H, P] as the layer received it (edits included)
         self.injections: list[Injection] = []
 
@@ -78,7 +83,7 @@ class Mamba2Call(RecurrentCall):
 
     def factors(self, head: int) -> WriteFactors:
         g = self.group(head)
-        log_decay = (self.dt[:, :, head].double() * self.A[head].double()).float().cpu()
+        log_decay = self.log_decay[:, :, head].float()
         return WriteFactors(
             key=self.Bm[:, :, g].float().cpu(),
             value=self.x[:, :, head].float().cpu(),
@@ -195,8 +200,10 @@ class ChunkScanInterceptor:
         kw = dict(D=D, dt_bias=dt_bias, initial_states=initial_states, dt_softplus=dt_softplus, dt_limit=dt_limit,
                   return_final_states=return_final_states)
         session, layer = active_session(), current_layer()
-        if session is None or layer is None:
+        sites = armed_sites(current_module())
+        if layer is None or (session is None and sites is None):
             return impl(hidden_states, dt, A, B, C, chunk_size, **kw, **kwargs)
+        session = session or RunSession()
         _no_gate(kwargs.get("z"))
         T = hidden_states.shape[1]
         if layer in session.capture_conv and layer in session.conv_inputs:  # drop any left padding / old columns
@@ -205,16 +212,28 @@ class ChunkScanInterceptor:
         init = initial_states.detach().clone() if (initial_states is not None and layer in session.capture) \
             else initial_states
         dt_eff = effective_dt(dt.float(), dt_bias, dt_softplus, dt_limit)
-        call = Mamba2Call(hidden_states, dt_eff, A, B, C, D, init, offset)
+        assigned = input_points(sites, hidden_states, dt_eff, A, B, C) if sites is not None else None
+        if assigned is not None:
+            x_, dt_, decay_, b_, c_ = assigned
+            call = Mamba2Call(x_, dt_, A, b_, c_, D, init, offset, log_decay=decay_)
+        else:
+            call = Mamba2Call(hidden_states, dt_eff, A, B, C, D, init, offset)
         injections = [inj for e in session.edits_for(layer) for inj in call.resolve(e)]
-        if session.kernel_override is not None:
+        if assigned is not None:  # the float64 recurrence on the assigned inputs; the D skip keeps the native x
+            y, last = naive_ssd(x_, dt_, A, b_, c_, None, initial_states, injections, offset, log_decay=decay_)
+            if D is not None:
+                y = y + D.double().to(y.device)[:, None] * hidden_states.double()
+            res = (y.to(hidden_states.dtype), last.float()) if return_final_states else y.to(hidden_states.dtype)
+        elif session.kernel_override is not None:
             res = session.kernel_override.chunk(hidden_states, dt, A, B, C, chunk_size, injections=injections,
                                                 offset=offset, **kw)
         else:
             res = impl(hidden_states, dt, A, B, C, chunk_size, **kw, **kwargs)
         out, state = res if return_final_states else (res, None)
-        if injections and session.kernel_override is None:
+        if injections and session.kernel_override is None and assigned is None:
             out, state = _apply(call, injections, out, state, step=False)
+        if sites is not None:
+            out, state = output_points(sites, out, state)
         out = session.hook_output(layer, out)
         _finish(session, layer, call, injections, out, T)
         return (out, state) if return_final_states else out
@@ -231,23 +250,41 @@ class StateUpdateInterceptor:
                  **kwargs):
         impl = self.dispatch.pick(hidden_states)
         session, layer = active_session(), current_layer()
-        if session is None or layer is None:
+        sites = armed_sites(current_module())
+        if layer is None or (session is None and sites is None):
             return impl(state, hidden_states, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=dt_softplus, z=z,
                         **kwargs)
+        session = session or RunSession()
         _no_gate(z)
         offset = session.positions.get(layer, session.start_pos)
         dt_eff = effective_dt(dt[..., 0].float(), None if dt_bias is None else dt_bias[..., 0], dt_softplus, None)
         init = state.detach().clone() if layer in session.capture else None
-        call = Mamba2Call(hidden_states[:, None], dt_eff[:, None], A[:, 0, 0], B[:, None], C[:, None],
-                          None if D is None else D[:, 0], init, offset)
+        x1, dt1, a1, b1, c1 = hidden_states[:, None], dt_eff[:, None], A[:, 0, 0], B[:, None], C[:, None]
+        assigned = input_points(sites, x1, dt1, a1, b1, c1) if sites is not None else None
+        if assigned is not None:
+            x_, dt_, decay_, b_, c_ = assigned
+            call = Mamba2Call(x_, dt_, a1, b_, c_, None if D is None else D[:, 0], init, offset, log_decay=decay_)
+        else:
+            call = Mamba2Call(x1, dt1, a1, b1, c1, None if D is None else D[:, 0], init, offset)
         injections = [inj for e in session.edits_for(layer) for inj in call.resolve(e)]
-        if session.kernel_override is not None:
+        if assigned is not None:  # one float64 step on the assigned inputs (the cached state updated in place)
+            y, last = naive_ssd(x_, dt_, a1, b_, c_, None, state, injections, offset, log_decay=decay_)
+            if D is not None:
+                y = y + D[:, 0].double().to(y.device)[:, None] * x1.double()
+            state.copy_(last.to(state.dtype))
+            out = y[:, 0].to(hidden_states.dtype)
+        elif session.kernel_override is not None:
             out = session.kernel_override.step(state, hidden_states, dt, A, B, C, D, dt_bias=dt_bias,
                                                dt_softplus=dt_softplus, injections=injections, offset=offset)
         else:
             out = impl(state, hidden_states, dt, A, B, C, D, dt_bias=dt_bias, dt_softplus=dt_softplus, z=z, **kwargs)
             if injections:
                 out, _ = _apply(call, injections, out, state, step=True)
+        if sites is not None:
+            y, new_state = output_points(sites, out[:, None], state)
+            out = y[:, 0]
+            if new_state is not state:
+                state.copy_(new_state)
         _finish(session, layer, call, injections, out, 1)
         return out
 
@@ -281,6 +318,7 @@ class Mamba2Adapter(FamilyAdapter):
     """transformers ``Mamba2ForCausalLM``: every layer ``model.backbone.layers[i].mixer`` is recurrent."""
 
     family = "mamba2"
+    supports_trace_points = True
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -306,7 +344,7 @@ class Mamba2Adapter(FamilyAdapter):
         if not getattr(self.backbone, "_writelens_counts_tokens", False):
             self.backbone.register_forward_hook(_count_tokens, with_kwargs=True)
             self.backbone._writelens_counts_tokens = True
-        for i, m in self._modules.items():  # trace points are GDN-only for now; attached so arming is uniform
+        for i, m in self._modules.items():
             attach(m, i, m.num_heads, m.ssm_state_size, m.head_dim)
 
     def oracle_kernel(self) -> Mamba2Oracle:

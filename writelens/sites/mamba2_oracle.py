@@ -44,13 +44,15 @@ def naive_ssd(
     initial_state: Tensor | None = None,
     injections: Sequence = (),
     offset: int = 0,
+    log_decay: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-token float64 SSD recurrence.
 
     Args:
         x: [B, T, H, P]; dt: [B, T, H] effective step sizes (after bias, softplus, clamp); A: [H] (negative);
         B, C: [B, T, G, N]; D: [H] or None; initial_state: [B, H, P, N] (HF layout) or None;
-        injections: ``writelens.sites.base.Injection`` records, ``delta`` in role order [n, N, P].
+        injections: ``writelens.sites.base.Injection`` records, ``delta`` in role order [n, N, P];
+        log_decay: [B, T, H] to decay by ``exp(log_decay)`` instead of ``exp(dt A)`` (assigned trace points).
     Returns:
         (y [B, T, H, P] float64, final state [B, H, P, N] float64 in HF layout)
     """
@@ -62,6 +64,7 @@ def naive_ssd(
     Bm = B.to(f64).repeat_interleave(rep, dim=2)
     Cm = C.to(f64).repeat_interleave(rep, dim=2)
     A = A.to(f64).to(x.device)
+    decay = torch.exp(dts * A if log_decay is None else log_decay.to(f64))  # [B, T, H]
     if initial_state is None:
         S = torch.zeros(Bsz, H, N, P, dtype=f64, device=x.device)
     else:
@@ -71,7 +74,7 @@ def naive_ssd(
         by_t.setdefault(inj.pos - offset, []).append(inj)
     y = torch.zeros(Bsz, T, H, P, dtype=f64, device=x.device)
     for t in range(T):
-        S = S * torch.exp(dts[:, t] * A)[..., None, None]
+        S = S * decay[:, t, :, None, None]
         S = S + dts[:, t, :, None, None] * Bm[:, t, :, :, None] * xs[:, t, :, None, :]
         late = []
         for inj in by_t.get(t, ()):
