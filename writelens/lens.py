@@ -323,8 +323,8 @@ class WriteLens:
         self._check_site(layer, 0)
         if not self.adapter.supports_trace_points:
             raise UnsupportedModelError(
-                f"The {self.adapter.family} family has no nnsight trace points yet (only Gated DeltaNet does); use "
-                "lens.run(cache=True) to read sites and writelens edits to change them."
+                f"The {self.adapter.family} family has no nnsight trace points; use lens.run(cache=True) to read "
+                "sites and writelens edits to change them."
             )
         target = self.adapter.layer_modules[layer].write_sites
         path = next(name for name, mod in self.model.named_modules() if mod is target)

@@ -42,8 +42,8 @@ from writelens.sites.base import (
 )
 from writelens.sites.kernels import ConvCapture, DeviceDispatch
 from writelens.sites.mamba2_oracle import Mamba2Oracle, effective_dt, naive_ssd
-from writelens.sites.mamba2_points import armed_sites, input_points, output_points
-from writelens.sites.points import attach
+from writelens.sites.mamba2_points import input_points, output_points
+from writelens.sites.points import armed_sites, attach
 
 
 class Mamba2Call(RecurrentCall):

@@ -20,9 +20,6 @@ copy changes that head alone. Assigned input points make the layer run the float
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import Tensor
 
 from writelens.sites.points import WriteSites, changed
@@ -72,9 +69,3 @@ def output_points(sites: WriteSites, out: Tensor, state: Tensor | None) -> tuple
         if changed(role, version, new) and new is not role:
             state = new.transpose(-1, -2).contiguous().to(state.dtype)
     return out, state
-
-
-def armed_sites(module: Any) -> WriteSites | None:
-    """The armed ``write_sites`` of ``module``, or None."""
-    sites = getattr(module, "write_sites", None)
-    return sites if isinstance(sites, WriteSites) and sites.armed else None

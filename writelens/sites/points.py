@@ -17,6 +17,8 @@ point       value (heads on axis 2)       assigning it
 ``state``   S_T [B, H, d_k, d_v]          replaces the final state stored in the cache (when there is one)
 ==========  ============================  =============================================================
 
+The table is Gated DeltaNet's; Mamba-2 (:mod:`writelens.sites.mamba2_points`) and RWKV-7
+(:mod:`writelens.sites.rwkv7_points`) give the same points their family's meaning.
 The head output point is named ``read`` (o_t = scale · S_tᵀ q̂_t) because ``.output`` is nnsight's own attribute.
 Input points (query … write) that were assigned make the layer re-run its own kernel on the modified, already
 normalised inputs — exact, not linearised. Heads are value heads (keys/queries are expanded when key heads are
@@ -57,6 +59,12 @@ class WriteSites(nn.Module):
 def changed(before: Tensor, version: int, after: Any) -> bool:
     """Whether a point's value was replaced or modified in place."""
     return after is not before or getattr(after, "_version", version) != version
+
+
+def armed_sites(module: Any) -> WriteSites | None:
+    """The armed ``write_sites`` of ``module`` (the running mixer), or None."""
+    sites = getattr(module, "write_sites", None)
+    return sites if isinstance(sites, WriteSites) and sites.armed else None
 
 
 def attach(mixer: nn.Module, layer: int, num_heads: int, d_k: int, d_v: int) -> WriteSites:

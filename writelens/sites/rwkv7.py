@@ -42,11 +42,13 @@ from writelens.sites.base import (
     WriteFactors,
     active_session,
     current_layer,
+    current_module,
     register_family,
     session_scope,
 )
-from writelens.sites.points import attach
+from writelens.sites.points import armed_sites, attach
 from writelens.sites.rwkv7_oracle import naive_rwkv7
+from writelens.sites.rwkv7_points import input_points, output_points
 
 F64 = torch.float64
 
@@ -184,17 +186,26 @@ class RWKV7Interceptor:
 
     def __call__(self, receptance, decay, key, value, a, b, initial_state, attention_mask=None):
         session, layer = active_session(), current_layer()
-        if session is None or layer is None:
+        sites = armed_sites(current_module())
+        if layer is None or (session is None and sites is None):
             return self.original(receptance, decay, key, value, a, b, initial_state, attention_mask)
+        session = session or RunSession()
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = attention_mask.to(torch.bool)
         offset = session.positions.get(layer, session.start_pos)
         captured = layer in session.capture
         init = initial_state.detach().clone() if (captured and initial_state is not None) else initial_state
+        assigned = input_points(sites, receptance, decay, key, value, mask) if sites is not None else None
+        if assigned is not None:
+            receptance, decay, key, value = assigned
         call = RWKV7Call(receptance, decay, key, value, a, b, init, mask, offset)
         injections = [inj for e in session.edits_for(layer) for inj in call.resolve(e)]
-        if session.kernel_override is not None:
+        if assigned is not None:  # the float64 recurrence on the assigned inputs, edits applied to the state
+            out, state = naive_rwkv7(receptance, decay, key, value, a, b, initial_state, attention_mask,
+                                     injections=injections, offset=offset)
+            state = state.to(value.dtype)
+        elif session.kernel_override is not None:
             out, state = session.kernel_override(receptance, decay, key, value, a, b, initial_state, attention_mask,
                                                  injections=injections, offset=offset)
         else:
@@ -205,6 +216,8 @@ class RWKV7Interceptor:
                 out, state = out.clone(), state.clone()
                 out[:, :, heads] = (out[:, :, heads].float() + d_o.to(out.device)).to(out.dtype)
                 state[:, heads] = (state[:, heads].float() + d_s.to(state.device)).to(state.dtype)
+        if sites is not None:
+            out, state = output_points(sites, out, state)
         out = session.hook_output(layer, out)
         session.positions[layer] = offset + key.shape[1]
         session.injections.setdefault(layer, []).extend(injections)
@@ -229,6 +242,7 @@ class RWKV7Adapter(FamilyAdapter):
     """``rwkv7-hf`` ``RWKV7ForCausalLM``: every layer ``model.model.layers[i].attn`` is recurrent."""
 
     family = "rwkv7"
+    supports_trace_points = True
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -253,7 +267,7 @@ class RWKV7Adapter(FamilyAdapter):
         for mod in {sys.modules[type(m).__module__] for m in self._modules.values()}:
             if not isinstance(mod.rwkv7_recurrent, RWKV7Interceptor):
                 mod.rwkv7_recurrent = RWKV7Interceptor(mod.rwkv7_recurrent)
-        for i, m in self._modules.items():  # trace points are GDN-only for now; attached so arming is uniform
+        for i, m in self._modules.items():
             attach(m, i, m.num_heads, m.head_dim, m.head_dim)
 
     def oracle_kernel(self):
