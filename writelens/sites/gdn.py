@@ -38,7 +38,7 @@ from writelens.sites.base import (
 )
 from writelens.sites.gdn_oracle import l2norm, naive_gated_delta_rule
 from writelens.sites.kernels import ConvCapture, DeviceDispatch
-from writelens.sites.points import WriteSites, attach, changed
+from writelens.sites.points import WriteSites, attach, call_input_points
 
 
 class GDNCall(RecurrentCall):
@@ -218,17 +218,8 @@ def _input_points(sites: WriteSites, query, key, value, g, beta):
         "beta": beta.clone(),
         "gate": g.clone(),
     }
-    new, any_changed = {}, False
-    for name, x in given.items():
-        version = x._version
-        new[name] = getattr(sites, name)(x)
-        any_changed |= changed(x, version, new[name])
-    write = (new["key"], new["value"], new["beta"])
-    versions = [t._version for t in write]
-    written = sites.write(write)
-    if written is not write or any(t._version != v for t, v in zip(written, versions, strict=True)):
-        any_changed = True
-        new["key"], new["value"], new["beta"] = written
+    new, flags = call_input_points(sites, given)
+    any_changed = any(flags.values())
     if not any_changed:
         return query, key, value, g, beta, False
     return (new["query"].to(query.dtype), new["key"].to(key.dtype), new["value"].to(value.dtype), new["gate"],

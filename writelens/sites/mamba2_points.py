@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from writelens.sites.points import WriteSites, changed
+from writelens.sites.points import WriteSites, call_input_points, changed
 
 __all__ = ["Assigned", "input_points", "output_points"]
 
@@ -41,17 +41,7 @@ def input_points(sites: WriteSites, x: Tensor, dt: Tensor, A: Tensor, Bm: Tensor
         "beta": dt.float().clone(),
         "gate": log_decay.clone(),
     }
-    new, flags = {}, {}
-    for name, value in given.items():
-        version = value._version
-        new[name] = getattr(sites, name)(value)
-        flags[name] = changed(value, version, new[name])
-    write = (new["key"], new["value"], new["beta"])
-    versions = [t._version for t in write]
-    written = sites.write(write)
-    if written is not write or any(t._version != v for t, v in zip(written, versions, strict=True)):
-        new["key"], new["value"], new["beta"] = written
-        flags["beta"] = True
+    new, flags = call_input_points(sites, given)
     if not any(flags.values()):
         return None
     gate = new["gate"] if flags["gate"] else new["beta"].double() * A.double().to(dt.device)

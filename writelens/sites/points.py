@@ -61,6 +61,25 @@ def changed(before: Tensor, version: int, after: Any) -> bool:
     return after is not before or getattr(after, "_version", version) != version
 
 
+def call_input_points(sites: WriteSites, given: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, bool]]:
+    """Call the input points in firing order on ``given`` (``query, key, value, beta, gate``; each its own tensor),
+    then ``write`` on ``(key, value, beta)``. Returns the values after any assignment and, per name, whether it was
+    replaced or modified in place (an assigned ``write`` marks ``key``, ``value`` and ``beta``)."""
+    new, flags = {}, {}
+    for name in ("query", "key", "value", "beta", "gate"):
+        value = given[name]
+        version = value._version
+        new[name] = getattr(sites, name)(value)
+        flags[name] = changed(value, version, new[name])
+    write = (new["key"], new["value"], new["beta"])
+    versions = [t._version for t in write]
+    written = sites.write(write)
+    if written is not write or any(t._version != v for t, v in zip(written, versions, strict=True)):
+        new["key"], new["value"], new["beta"] = written
+        flags.update(key=True, value=True, beta=True)
+    return new, flags
+
+
 def armed_sites(module: Any) -> WriteSites | None:
     """The armed ``write_sites`` of ``module`` (the running mixer), or None."""
     sites = getattr(module, "write_sites", None)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from writelens.sites.points import WriteSites, changed
+from writelens.sites.points import WriteSites, call_input_points
 
 __all__ = ["input_points", "output_points"]
 
@@ -38,17 +38,8 @@ def input_points(sites: WriteSites, r: Tensor, w: Tensor, k: Tensor, v: Tensor, 
     beta = torch.ones(B, T, H, device=k.device) if mask is None else mask.float()[:, :, None].expand(B, T, H).clone()
     given = {"query": r.float().clone(), "key": k.float().clone(), "value": v.float().clone(), "beta": beta,
              "gate": w.double().log().float()}
-    new, any_changed = {}, False
-    for name, value in given.items():
-        version = value._version
-        new[name] = getattr(sites, name)(value)
-        any_changed |= changed(value, version, new[name])
-    write = (new["key"], new["value"], new["beta"])
-    versions = [t._version for t in write]
-    written = sites.write(write)
-    if written is not write or any(t._version != ver for t, ver in zip(written, versions, strict=True)):
-        new["key"], new["value"], new["beta"] = written
-        any_changed = True
+    new, flags = call_input_points(sites, given)
+    any_changed = any(flags.values())
     if not any_changed:
         return None
     decay = new["gate"].double().exp().to(w.dtype)
