@@ -9,7 +9,6 @@ site and the passages. Each command writes ``result.json`` (the full result, ``R
 an HTML figure page and ``summary.json`` (also printed). Bad arguments exit with code 2 and a message.
 """
 
-# ruff: noqa: B008 - typer options are declared as defaults (as in cli.py)
 from __future__ import annotations
 
 import re
