@@ -17,7 +17,12 @@ from models import ids, mamba2, rwkv7
 
 import writelens as wl
 from writelens.experiments.common import kl_from_logits, out_proj_slice, unembedding
-from writelens.experiments.logit_attribution import AttributionOptions, attribution, native_point, propagate_delta
+from writelens.experiments.logit_attribution import (
+    AttributionOptions,
+    attribution,
+    native_point,
+    propagate_delta,
+)
 from writelens.experiments.replacement import ReplacementOptions, replacement_test
 from writelens.sae import BilinearSAE
 
