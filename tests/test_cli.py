@@ -274,3 +274,20 @@ def test_missing_model_folder_unknown_corpus_and_extract_choice_exit_2(tiny, tmp
     res = runner.invoke(app, ["extract", "--model", str(tiny / "model"), "--out", str(tmp_path / "o"), "--target",
                               "everything"])
     assert res.exit_code == 2 and "'everything' is not one of" in res.output and "'writes'" in res.output
+
+
+def test_experiments_on_the_mamba2_zoo_model(tmp_path):
+    """replace-test and attribute run unchanged on the shipped Mamba-2 (a random 64 x 64 rank-1 SAE at L4 H0)."""
+    from writelens.sae import BilinearSAE
+
+    BilinearSAE(d_k=64, d_v=64, n_features=32, k=4, seed=0).save(tmp_path / "sae")
+    common = ["--model", "mamba2-tiny", "--sae", str(tmp_path / "sae"), "--site", "4:0", "--corpus", "heldout",
+              "--n-passages", "2", "--passage-len", "24", "--no-progress"]
+    res = runner.invoke(app, ["replace-test", *common, "--max-firings", "6", "--out", str(tmp_path / "rt")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "rt" / "summary.json").read_text())["n_firings"] == 6
+    res = runner.invoke(app, ["attribute", *common, "--atoms", "top:2", "--epsilons", "0.01,-0.01",
+                              "--horizons", "0,2", "--out", str(tmp_path / "at")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "at" / "summary.json").read_text())
+    assert summary["n_points"] == 2 * 2 * 2 * 2 and summary["r2_linearised"] > 0.9
