@@ -129,3 +129,45 @@ def test_text_helpers():
     assert t.shape == (3, 32)
     with pytest.raises(ValueError, match="disjoint passages"):
         wl.zoo.heldout_passages(1000, 1024)
+
+
+MAX_SAE_BYTES = 2 * 2**20
+
+
+def test_shipped_saes_load_and_fit_their_site():
+    from writelens.sae import BilinearSAE
+
+    sites = wl.zoo.saes("gdn-tiny")
+    assert (4, 1) in sites and wl.zoo.saes("mamba2-tiny") == []
+    for layer, head in sites:
+        folder = wl.zoo.sae_path("gdn-tiny", layer, head)
+        for f in ("cfg.json", "sae_weights.safetensors", "README.md", "metrics.json"):
+            assert (folder / f).is_file(), f"L{layer}H{head}: {f} missing"
+        assert (folder / "sae_weights.safetensors").stat().st_size <= MAX_SAE_BYTES
+    sae = wl.zoo.load_sae("gdn-tiny", 4, 1)
+    assert type(sae) is BilinearSAE and not sae.training
+    assert (sae.cfg.d_k, sae.cfg.d_v, sae.cfg.n_features, sae.cfg.k) == (64, 64, 512, 16)
+    assert sae.cfg.metadata["layer"] == 4 and sae.cfg.metadata["head"] == 1
+    recorded = wl.zoo.sae_path("gdn-tiny", 4, 1) / "metrics.json"
+    import json
+
+    fve = json.loads(recorded.read_text())["heldout"]["fve"]
+    # states of held-out passages at the site: the shipped SAE explains about what its card says
+    model, tok = wl.zoo.load("gdn-tiny")
+    lens = wl.WriteLens(model, tokenizer=tok, self_check=False)
+    out = lens.run(wl.zoo.heldout_passages(4, 64, seed=3), cache=True, sites=[(4, 1)])
+    states = out.cache.states(4, 1, list(range(1, 64, 3))).flatten(0, 1)  # [4 * 21, 64, 64]
+    with torch.no_grad():
+        recon = sae(states).recon
+    err = (recon - states).double().pow(2).sum()
+    var = (states.double() - states.double().mean(0)).pow(2).sum()
+    assert 1 - err / var > fve - 0.15
+
+
+def test_missing_sae_raises_named_error():
+    with pytest.raises(ZooModelNotFoundError, match=r"ships no SAE for layer 0, head 0; shipped: .*\(layer 4, head 1\)"):
+        wl.zoo.load_sae("gdn-tiny", 0, 0)
+    with pytest.raises(ZooModelNotFoundError, match="shipped: none"):
+        wl.zoo.sae_path("mamba2-tiny", 0, 0)
+    with pytest.raises(ZooModelNotFoundError):
+        wl.zoo.load_sae("gpt-5", 4, 1)

@@ -12,6 +12,12 @@ architecture, offline::
 
 Each model folder holds a model card (``README.md``) and ``metrics.json`` (losses, the quality bar, the test
 snippet's loss bound). ``python -m writelens.zoo.train NAME`` rebuilds a model from scratch.
+
+Some models also ship small pre-trained WriteSAEs (``saes/L<layer>H<head>/``, each with a card and metrics), so
+that examples can run the experiments without training first::
+
+    wl.zoo.saes("gdn-tiny")                        # [(4, 1)]
+    sae = wl.zoo.load_sae("gdn-tiny", 4, 1)        # BilinearSAE, 512 features, TopK k=16
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ __all__ = [
     "load_tokenizer",
     "metrics",
     "entry",
+    "saes",
+    "sae_path",
+    "load_sae",
     "heldout_text",
     "train_sample_text",
     "heldout_passages",
@@ -107,3 +116,44 @@ def load(
     folder = path(name)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device).eval()
     return model, load_tokenizer(name)
+
+
+def saes(name: str) -> list[tuple[int, int]]:
+    """The (layer, head) sites for which ``name`` ships a pre-trained SAE (``[]`` when none), sorted."""
+    folder = path(name) / "saes"
+    found = []
+    for sub in folder.glob("L*H*") if folder.is_dir() else []:
+        layer, _, head = sub.name[1:].partition("H")
+        if layer.isdigit() and head.isdigit() and (sub / "cfg.json").is_file():
+            found.append((int(layer), int(head)))
+    return sorted(found)
+
+
+def sae_path(name: str, layer: int, head: int) -> Path:
+    """The folder of the SAE shipped for site (``layer``, ``head``) of ``name`` (``cfg.json``,
+    ``sae_weights.safetensors``, ``README.md`` with how it was trained, ``metrics.json``).
+
+    Raises :class:`~writelens.errors.ZooModelNotFoundError` (a ``KeyError``) naming the shipped sites when there
+    is none for that site.
+    """
+    folder = path(name) / "saes" / f"L{int(layer)}H{int(head)}"
+    if not (folder / "cfg.json").is_file():
+        shipped = ", ".join(f"(layer {a}, head {b})" for a, b in saes(name)) or "none"
+        raise ZooModelNotFoundError(
+            f"zoo model {name!r} ships no SAE for layer {layer}, head {head}; shipped: {shipped}. Train one with "
+            f"`python -m writelens.zoo.train_sae {name} --layer {layer} --head {head} --out DIR` and load it with "
+            "writelens.load_sae(DIR)."
+        )
+    return folder
+
+
+def load_sae(name: str, layer: int, head: int, device: str | torch.device = "cpu") -> Any:
+    """The SAE shipped for site (``layer``, ``head``) of zoo model ``name``, in eval mode.
+
+    Example: ``sae = wl.zoo.load_sae("gdn-tiny", 4, 1)`` (a ``BilinearSAE`` with 512 rank-1 atoms of 64 × 64; see
+    its ``README.md`` under :func:`sae_path` for data, steps and FVE). Raises
+    :class:`~writelens.errors.ZooModelNotFoundError` when none is shipped for that site.
+    """
+    from ..sae.io import load_sae as _load
+
+    return _load(sae_path(name, layer, head), device=device)
