@@ -16,7 +16,7 @@ snippet's loss bound). ``python -m writelens.zoo.train NAME`` rebuilds a model f
 Some models also ship small pre-trained WriteSAEs (``saes/L<layer>H<head>/``, each with a card and metrics), so
 that examples can run the experiments without training first::
 
-    wl.zoo.saes("gdn-tiny")                        # [(4, 1)]
+    wl.zoo.saes("gdn-tiny")                        # [(4, 0), (4, 1), (4, 2), (4, 3)]
     sae = wl.zoo.load_sae("gdn-tiny", 4, 1)        # BilinearSAE, 512 features, TopK k=16
 """
 
