@@ -274,8 +274,8 @@ class WriteLens:
 
     @property
     def nnsight(self) -> Any:
-        """An nnsight wrapper of the same HF model, with the write-site points armed: ``LanguageModel`` when
-        ``lens.tokenizer`` is set (string prompts and traced generation), else ``NNsight`` (token-id tensors).
+        """An nnsight wrapper of the same HF model, with the write-site points armed: ``TransformersModel``
+        (text generation; nnsight's ``LanguageModel``) when ``lens.tokenizer`` is set (string prompts and traced generation), else ``NNsight`` (token-id tensors).
 
         Traced generation: ``with lens.nnsight.generate(ids, max_new_tokens=n) as tracer:`` then
         ``for step in tracer.iter[:n]:`` — the prefill runs the chunk kernel, each later step the recurrent kernel,
@@ -284,9 +284,12 @@ class WriteLens:
         self.arm_trace_points(True)
         if getattr(self, "_nnsight", None) is None:
             if self.tokenizer is not None:
-                from nnsight import LanguageModel
+                try:  # nnsight ≥ 0.8: LanguageModel is a deprecated alias of this
+                    from nnsight.modeling.transformers import TransformersModel
+                except ImportError:  # pragma: no cover - older nnsight
+                    from nnsight import LanguageModel as TransformersModel
 
-                self._nnsight = LanguageModel(self.model, tokenizer=self.tokenizer)
+                self._nnsight = TransformersModel(self.model, tokenizer=self.tokenizer, task="text-generation")
             else:
                 from nnsight import NNsight
 

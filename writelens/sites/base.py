@@ -9,6 +9,8 @@ module-level kernel functions of its modeling file with interceptors, and turns 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -342,10 +344,17 @@ class FamilyAdapter(ABC):
 
         return run_with_prefix_reuse(lens, input_ids, edits)
 
+    @functools.cached_property
+    def cache_keyword(self) -> str:
+        """The keyword the model's forward takes its cache by: ``cache`` (transformers ≥ 5.2x renamed
+        ``past_key_values`` / ``cache_params`` to it and drops the old names in 5.40), else the old name."""
+        params = inspect.signature(type(self.model).forward).parameters
+        return next((n for n in ("cache", "past_key_values", "cache_params") if n in params), "past_key_values")
+
     def forward(self, input_ids: Tensor, cache: Any = None, use_cache: bool = False,
                 position_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Any:
         """Call the model; returns its output (with ``.logits``)."""
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "past_key_values": cache, "use_cache": use_cache}
+        kwargs: dict[str, Any] = {"input_ids": input_ids, self.cache_keyword: cache, "use_cache": use_cache}
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
         if attention_mask is not None:

@@ -213,8 +213,8 @@ class Mamba2Adapter(FamilyAdapter):
 
     def forward(self, input_ids: Tensor, cache: Any = None, use_cache: bool = False,
                 position_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Any:
-        """Mamba-2 takes ``cache_params=`` and no position ids (positions come from the cache)."""
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "cache_params": cache, "use_cache": use_cache}
+        """Mamba-2 takes no position ids (positions come from the cache)."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, self.cache_keyword: cache, "use_cache": use_cache}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         return self.model(**kwargs)

@@ -173,9 +173,10 @@ def install_module(module: Any) -> None:
 
 def count_tokens(module, args, kwargs, output) -> None:
     """Backbone forward hook: HF's Mamba-2 cache holds no token count, so writelens keeps one on the cache."""
-    cache = kwargs.get("cache_params")
-    if cache is None:
-        cache = getattr(output, "cache_params", None)
+    cache = kwargs.get("cache", kwargs.get("cache_params"))
+    for name in ("cache_params", "past_key_values", "cache"):
+        if cache is None:
+            cache = getattr(output, name, None)
     if cache is None:
         return
     x = args[0] if args and args[0] is not None else kwargs.get("input_ids")
