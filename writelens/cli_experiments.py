@@ -18,16 +18,12 @@ from typing import Any, Optional
 
 import typer
 
-from writelens.cli import build, command, corpus_passages, list_parser, load_lens, write_summary
+from writelens.cli import build, command, corpus_passages, fail, list_parser, load_lens, write_summary
 from writelens.errors import WriteLensError
 
 __all__ = ["register", "parse_site", "resolve_site", "load_site_sae", "check_sae", "top_atoms", "target_ids"]
 
 _SEED_NOTE = " Also picks the corpus passages."
-
-
-def _bad(flag: str, message: str) -> typer.BadParameter:
-    return typer.BadParameter(message, param_hint=f"'{flag}'")
 
 
 def _note(enabled: bool, message: str) -> None:
@@ -42,7 +38,7 @@ def parse_site(spec: str, flag: str = "--site") -> tuple[int, int]:
     """``"1:0"`` → (1, 0); anything else is a usage error naming ``flag``."""
     m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec)
     if m is None:
-        raise _bad(flag, f"expected LAYER:HEAD such as '1:0' (model layer index : value head), got {spec!r}.")
+        raise fail(flag, f"expected LAYER:HEAD such as '1:0' (model layer index : value head), got {spec!r}.")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -53,13 +49,13 @@ def resolve_site(lens: Any, spec: str | None, sae: Any = None, flag: str = "--si
         try:
             layer, head = int(meta["layer"]), int(meta["head"])
         except (KeyError, TypeError, ValueError):
-            raise _bad(flag, "give the site as LAYER:HEAD (the SAE records no layer / head).") from None
+            raise fail(flag, "give the site as LAYER:HEAD (the SAE records no layer / head).") from None
     else:
         layer, head = parse_site(spec, flag)
     try:
         return lens.site(layer, head)
     except WriteLensError as err:
-        raise _bad(flag, str(err)) from None
+        raise fail(flag, str(err)) from None
 
 
 def load_site_sae(path: Path, site: Any = None, flag: str = "--sae") -> Any:
@@ -69,7 +65,7 @@ def load_site_sae(path: Path, site: Any = None, flag: str = "--sae") -> Any:
     try:
         sae = wl.load_sae(path)
     except WriteLensError as err:
-        raise _bad(flag, str(err)) from None
+        raise fail(flag, str(err)) from None
     if site is not None:
         check_sae(sae, site, path, flag)
     return sae
@@ -82,13 +78,13 @@ def check_sae(sae: Any, site: Any, path: Path, flag: str = "--sae") -> None:
     cfg = sae.cfg
     name = f"L{site.layer}H{site.head}"
     if (cfg.d_k, cfg.d_v) != (site.d_k, site.d_v):
-        raise _bad(flag, f"{path} encodes {cfg.d_k}x{cfg.d_v} states, but site {name} of this model holds "
+        raise fail(flag, f"{path} encodes {cfg.d_k}x{cfg.d_v} states, but site {name} of this model holds "
                          f"{site.d_k}x{site.d_v} states; pass an SAE trained on this model's site (writelens train "
                          f"--layer {site.layer} --head {site.head}).")
     try:
         single_head_sae(sae, site.head)
     except WriteLensError as err:
-        raise _bad(flag, str(err)) from None
+        raise fail(flag, str(err)) from None
     meta = cfg.metadata or {}
     if not getattr(sae, "stacked", False) and "layer" in meta and "head" in meta:
         if (str(meta["layer"]), str(meta["head"])) != (str(site.layer), str(site.head)):
@@ -118,7 +114,7 @@ def _parse_atoms(value: Any) -> Any:
     m = re.fullmatch(r"\s*top\s*:\s*(\d+)\s*", value)
     if m:
         if int(m.group(1)) < 1:
-            raise _bad("--atoms", "top:N needs N >= 1.")
+            raise fail("--atoms", "top:N needs N >= 1.")
         return ("top", int(m.group(1)))
     return list_parser("--atoms", int, form="a comma list of feature ids such as '3,17' or top:N such as 'top:8'")(
         value)
@@ -170,7 +166,7 @@ def _replace_test(
     if flat_sae is not None:
         opts.baseline = "flat_svd"
     elif opts.baseline == "flat_svd":
-        raise _bad("--baseline", "flat_svd needs --flat-sae FOLDER (a flat SAE trained on the same site).")
+        raise fail("--baseline", "flat_svd needs --flat-sae FOLDER (a flat SAE trained on the same site).")
     _note(opts.progress, f"replace-test: loading {model}")
     lens = load_lens(model)
     the_sae = load_site_sae(sae)
@@ -226,12 +222,12 @@ def _attribute(
     started = time.perf_counter()
     opts = build(AttributionOptions, options or {})
     if any(h < 0 for h in opts.horizons):
-        raise _bad("--horizons", f"horizons must be >= 0, got {list(opts.horizons)}.")
+        raise fail("--horizons", f"horizons must be >= 0, got {list(opts.horizons)}.")
     if any(r < 1 for r in opts.target_ranks):
-        raise _bad("--target-ranks", f"ranks start at 1 (the top prediction), got {list(opts.target_ranks)}.")
+        raise fail("--target-ranks", f"ranks start at 1 (the top prediction), got {list(opts.target_ranks)}.")
     need = (opts.t0 if opts.t0 is not None else opts.min_t0) + max(opts.horizons) + 1
     if passage_len < need:
-        raise _bad("--passage-len", f"{passage_len} tokens cannot hold t0 >= {need - max(opts.horizons) - 1} plus "
+        raise fail("--passage-len", f"{passage_len} tokens cannot hold t0 >= {need - max(opts.horizons) - 1} plus "
                                     f"horizon {max(opts.horizons)}; use --passage-len {need} or more (or smaller "
                                     "--horizons / --min-t0).")
     _note(opts.progress, f"attribute: loading {model}")
@@ -247,12 +243,12 @@ def _attribute(
         chosen = top_atoms(lens, single_head_sae(the_sae, the_site.head), the_site, ids, atoms[1],
                            min_position=opts.min_t0, batch_size=opts.scan_batch, show=opts.progress)
         if not chosen:
-            raise _bad("--atoms", "no feature of the SAE is active on these passages; pass feature ids instead.")
+            raise fail("--atoms", "no feature of the SAE is active on these passages; pass feature ids instead.")
     else:
         chosen = list(atoms)
         wrong = [a for a in chosen if not 0 <= a < n_features]
         if wrong:
-            raise _bad("--atoms", f"feature ids must be in [0, {n_features}), got {wrong}.")
+            raise fail("--atoms", f"feature ids must be in [0, {n_features}), got {wrong}.")
     _note(opts.progress, f"attribute: atoms {chosen}, ε {list(epsilons)}, {ids.shape[0]} passages x "
                          f"{ids.shape[1]} tokens at L{the_site.layer}H{the_site.head}")
     result = attribution(lens, the_sae, (the_site.layer, the_site.head), ids, chosen, list(epsilons), opts)
@@ -278,11 +274,11 @@ def target_ids(lens: Any, items: list[str], flag: str = "--targets") -> list[int
             options = [tokenizer(text, add_special_tokens=False).input_ids for text in (" " + item, item)]
             single = [ids for ids in options if len(ids) == 1]
             if not single:
-                raise _bad(flag, f"{item!r} is {len(options[1])} tokens {options[1]} for this tokenizer; give "
+                raise fail(flag, f"{item!r} is {len(options[1])} tokens {options[1]} for this tokenizer; give "
                                  "single-token words or token ids.")
             tok = int(single[0][0])
         if not 0 <= tok < vocab:
-            raise _bad(flag, f"token id {tok} is outside the vocabulary (0..{vocab - 1}).")
+            raise fail(flag, f"token id {tok} is outside the vocabulary (0..{vocab - 1}).")
         out.append(tok)
     return out
 
@@ -308,9 +304,9 @@ def _steer(
     started = time.perf_counter()
     opts = build(InstallOptions, options or {})
     if any(lo < 1 or hi <= lo for lo, hi in opts.strata):
-        raise _bad("--strata", f"each rank bin lo:hi needs 1 <= lo < hi, got {list(opts.strata)}.")
+        raise fail("--strata", f"each rank bin lo:hi needs 1 <= lo < hi, got {list(opts.strata)}.")
     if opts.key_side == "next_query" and opts.end_offset < 1:
-        raise _bad("--key-side", "next_query needs --end-offset 1 or more (the query after the last install "
+        raise fail("--key-side", "next_query needs --end-offset 1 or more (the query after the last install "
                                  "position must be in the prompt).")
     _note(opts.progress, f"steer: loading {model}")
     lens = load_lens(model)
