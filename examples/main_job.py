@@ -3,6 +3,7 @@ figures (HTML) and ``summary.json``.
 
     python examples/main_job.py                     # gdn-tiny (≤ 10 min on 2 CPU cores)
     python examples/main_job.py --model mamba2-tiny # the same on the Mamba-2 zoo model (site L4 H0)
+    python examples/main_job.py --model rwkv7-tiny  # the same on the RWKV-7 zoo model (needs rwkv7-hf; rank-2 SAE)
     python examples/main_job.py --random            # no zoo model: a random-init model of the same shape (smoke run)
     python examples/main_job.py --random --quick    # a tiny model and tiny budget (seconds; used by the tests)
 
@@ -72,7 +73,11 @@ QUICK = dict(layer=1, head=0, n_train_seqs=32, train_seq_len=48, positions_per_s
 
 
 #: the default site per zoo model: a mid-depth recurrent layer, a head with long memory (mean decay near 1)
-SITES = {"gdn-tiny": (4, 1), "mamba2-tiny": (4, 0)}
+SITES = {"gdn-tiny": (4, 1), "mamba2-tiny": (4, 0), "rwkv7-tiny": (4, 0)}  # rwkv7: mean decay of L4 heads 0.997, 0.994, 0.973, 0.868
+
+#: rank of the WriteSAE's atoms per model (default 1). RWKV-7's transition is diagonal plus rank 1, so its writes
+#: are read back through a rank-1 erase; the method uses rank-2 atoms there.
+SAE_RANK = {"rwkv7-tiny": 2}
 
 
 def load_model(name: str, random: bool, quick: bool):
@@ -89,6 +94,8 @@ def load_model(name: str, random: bool, quick: bool):
                 f"zoo {name} (KJV); SAE trained on train-sample passages, experiments on held-out books")
     if name == "mamba2-tiny":
         return random_mamba2(quick)
+    if name == "rwkv7-tiny":
+        return random_rwkv7(quick)
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
     from writelens.zoo.registry import gdn_tiny_config
@@ -137,6 +144,33 @@ def random_mamba2(quick: bool):
             "random-init Mamba-2 on random tokens (smoke run: no meaning)")
 
 
+def random_rwkv7(quick: bool):
+    """A random-init rwkv7_hf RWKV7ForCausalLM (the zoo shape, or a tiny one with ``quick``). Random init leaves
+    k_k = k_a = 0 (no erase term) and tiny mixes; spread them as tests/models.py does."""
+    from rwkv7_hf.configuration_rwkv7 import RWKV7Config
+    from rwkv7_hf.modeling_rwkv7 import RWKV7ForCausalLM
+
+    from writelens.zoo.registry import rwkv7_tiny_config
+
+    cfg = (RWKV7Config(vocab_size=256, hidden_size=64, num_hidden_layers=2, head_dim=16, intermediate_size=128,
+                       decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8, v_low_rank_dim=8,
+                       initializer_range=0.2) if quick else rwkv7_tiny_config())
+    torch.manual_seed(0)
+    model = RWKV7ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn = layer.attn
+            for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
+                getattr(attn, name).uniform_(0.0, 1.0)
+            attn.k_k.normal_(1.0, 0.5)
+            attn.k_a.uniform_(0.0, 1.0)
+            attn.r_k.normal_(0.0, 0.5)
+            attn.w_lora.lora[2].bias.normal_(0.0, 2.0)
+            layer.ffn.x_k.uniform_(0.0, 1.0)
+    return (wl.WriteLens(model), _random_tokens(cfg.vocab_size, 0), _random_tokens(cfg.vocab_size, 1),
+            "random-init RWKV-7 on random tokens (smoke run: no meaning)")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gdn-tiny", choices=sorted(SITES), help="zoo model (default gdn-tiny)")
@@ -181,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = StateDataset.from_shards(out / "states", cfg.layer, cfg.head)
     step("extract")
     s = lens.site(*site)
-    sae = BilinearSAE(d_k=s.d_k, d_v=s.d_v, n_features=cfg.n_features, k=cfg.k, seed=cfg.seed,
+    rank = SAE_RANK.get(args.model, 1)
+    sae = BilinearSAE(d_k=s.d_k, d_v=s.d_v, n_features=cfg.n_features, k=cfg.k, rank=rank, seed=cfg.seed,
                       metadata={"layer": cfg.layer, "head": cfg.head, "target": "sampled_positions"})
     trained = train_sae(sae, data, TrainConfig(lr=3e-3, lr_min=3e-4, warmup_steps=min(50, cfg.train_steps // 5),
                                                 batch_size=cfg.batch_size,
@@ -241,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
     stratum = next((c for c in ins.cells if c.stratum == "100-1000" and c.magnitude == 3.0), None)
     summary = {
         "model": description, "site": f"L{cfg.layer}H{cfg.head}", "config": to_jsonable(asdict(cfg)),
-        "sae": {"architecture": "bilinear", "n_features": cfg.n_features, "k": cfg.k, "steps": trained.steps,
+        "sae": {"architecture": "bilinear", "n_features": cfg.n_features, "k": cfg.k, "rank": rank,
+                "steps": trained.steps,
                 "val": val.to_dict() if val is not None else None, "n_states": len(data)},
         "replacement": rep.summary(), "replacement_next_token": rep_next.summary(),
         "replacement_population": rep_pop.summary(), "attribution": att.summary(),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
+
 import pytest
 import torch
 import transformers
@@ -9,9 +13,19 @@ import transformers
 import writelens as wl
 from writelens.errors import ZooModelNotFoundError
 
-NAMES = ("gdn-tiny", "mamba2-tiny")
-CLASSES = {"gdn-tiny": transformers.Qwen3_5ForCausalLM, "mamba2-tiny": transformers.Mamba2ForCausalLM}
-MAX_CHECKPOINT_BYTES = 20 * 2**20
+NAMES = ("gdn-tiny", "mamba2-tiny", "rwkv7-tiny")
+HAS_RWKV7 = importlib.util.find_spec("rwkv7_hf") is not None
+needs_rwkv7 = pytest.mark.skipif(not HAS_RWKV7, reason="rwkv7-hf not installed (extra `rwkv`)")
+MAX_CHECKPOINT_BYTES = {"rwkv7-tiny": 28 * 2**20}  # untied embeddings; the others ≤ 20 MiB
+
+
+def model_class(name):
+    """The HF class of ``name`` (``rwkv7_hf``'s imported only when asked for)."""
+    if name == "rwkv7-tiny":
+        from rwkv7_hf.modeling_rwkv7 import RWKV7ForCausalLM
+
+        return RWKV7ForCausalLM
+    return {"gdn-tiny": transformers.Qwen3_5ForCausalLM, "mamba2-tiny": transformers.Mamba2ForCausalLM}[name]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,7 +38,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module", params=NAMES)
+@pytest.fixture(
+    scope="module", params=[pytest.param(n, marks=needs_rwkv7) if n == "rwkv7-tiny" else n for n in NAMES]
+)
 def loaded(request):
     model, tok = wl.zoo.load(request.param)
     return request.param, model, tok
@@ -45,7 +61,7 @@ def test_list_and_path():
             "metrics.json",
         ):
             assert (folder / f).is_file(), f"{name}: {f} missing"
-        assert (folder / "model.safetensors").stat().st_size <= MAX_CHECKPOINT_BYTES
+        assert (folder / "model.safetensors").stat().st_size <= MAX_CHECKPOINT_BYTES.get(name, 20 * 2**20)
 
 
 @pytest.mark.parametrize("call", [wl.zoo.path, wl.zoo.load, wl.zoo.metrics])
@@ -59,11 +75,11 @@ def test_unknown_name_raises_named_error(call):
 
 def test_models_are_real_hf_classes_and_recorded_metrics(loaded):
     name, model, tok = loaded
-    assert type(model) is CLASSES[name]
+    assert type(model) is model_class(name)
     assert not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())
     m = wl.zoo.metrics(name)
-    assert m["name"] == name and m["model_class"] == CLASSES[name].__name__
+    assert m["name"] == name and m["model_class"] == model_class(name).__name__
     assert m["n_params"] == sum(p.numel() for p in model.parameters())
     assert m["heldout_loss"] <= 0.7 * m["heldout_unigram_entropy"]
     assert m["passes_quality_bar"] is True
@@ -96,6 +112,63 @@ def test_mamba2_tiny_config():
     assert cfg.model_type == "mamba2"
     assert cfg.num_heads * cfg.head_dim == cfg.expand * cfg.hidden_size
     assert (cfg.head_dim, cfg.state_size, cfg.n_groups) == (64, 64, 1)
+
+
+@needs_rwkv7
+def test_rwkv7_tiny_config_and_plain_folder():
+    from rwkv7_hf.configuration_rwkv7 import RWKV7Config
+
+    folder = wl.zoo.path("rwkv7-tiny")
+    cfg = RWKV7Config.from_pretrained(folder)
+    assert cfg.model_type == "rwkv7"
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_heads, cfg.head_dim) == (8, 256, 4, 64)
+    assert (cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (4096, 0, 1, 2)
+    # no copied remote code and no auto_map: the folder loads with the installed package's class
+    assert not list(folder.glob("*.py")) and "auto_map" not in (folder / "config.json").read_text()
+
+
+@needs_rwkv7
+def test_rwkv7_tiny_generates_and_passes_the_self_check():
+    model, tok = wl.zoo.load("rwkv7-tiny")
+    ids = tok("And God said", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 8) and torch.equal(out[:, : ids.shape[1]], ids)
+    assert tok.decode(out[0]).startswith("And God said")
+    lens = wl.WriteLens(model, tokenizer=tok)  # runs the load-time self-check
+    assert lens is not None
+
+
+@needs_rwkv7
+def test_rwkv7_chunked_training_kernel_matches_the_reference():
+    from rwkv7_hf.ops_rwkv7 import rwkv7_recurrent
+
+    from writelens.zoo.rwkv7 import rwkv7_chunked
+
+    g = torch.Generator().manual_seed(0)
+    B, T, H, K = 2, 37, 3, 16  # T not a multiple of the chunk
+    r, k, v = (torch.randn(B, T, H, K, generator=g) for _ in range(3))
+    w = torch.exp(-0.6065 * torch.rand(B, T, H, K, generator=g))
+    kk = torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=g), dim=-1)
+    a, b = -kk, kk * torch.rand(B, T, H, K, generator=g)
+    s0 = torch.randn(B, H, K, K, generator=g)
+    o1, s1 = rwkv7_recurrent(r, w, k, v, a, b, s0)
+    o2, s2 = rwkv7_chunked(r, w, k, v, a, b, s0)
+    torch.testing.assert_close(o2, o1, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s2, s1, rtol=1e-4, atol=1e-4)
+
+
+def test_registry_imports_without_rwkv7_hf_and_load_says_how_to_fix():
+    code = (
+        "import sys; sys.modules['rwkv7_hf'] = None\n"
+        "import writelens as wl\n"
+        "assert 'rwkv7-tiny' in wl.zoo.list()\n"
+        "try:\n    wl.zoo.load('rwkv7-tiny')\n"
+        "except ImportError as e:\n    print(e)\nelse:\n    raise SystemExit('no ImportError')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "rwkv7_hf" in res.stdout and "writelens[rwkv]" in res.stdout
 
 
 def test_tokenizer_round_trips_and_is_shared():

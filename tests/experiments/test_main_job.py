@@ -14,7 +14,11 @@ from writelens.experiments import ReplacementResult
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("model", ["gdn-tiny", "mamba2-tiny"])
+HAS_RWKV7 = importlib.util.find_spec("rwkv7_hf") is not None
+
+
+@pytest.mark.parametrize("model", ["gdn-tiny", "mamba2-tiny", pytest.param("rwkv7-tiny", marks=pytest.mark.skipif(
+    not HAS_RWKV7, reason="rwkv7-hf not installed (extra `rwkv`)"))])
 def test_main_job_quick_random(tmp_path, model):
     spec = importlib.util.spec_from_file_location("main_job", ROOT / "examples" / "main_job.py")
     job = importlib.util.module_from_spec(spec)

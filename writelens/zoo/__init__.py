@@ -5,13 +5,17 @@ Every model is a real Hugging Face class saved with ``save_pretrained`` (``model
 architecture, offline::
 
     import writelens as wl
-    wl.zoo.list()                                  # {"gdn-tiny": "Qwen3.5 ...", "mamba2-tiny": "Mamba-2 ..."}
+    wl.zoo.list()                                  # {"gdn-tiny": "Qwen3.5 ...", "mamba2-tiny": "Mamba-2 ...",
+                                                   #  "rwkv7-tiny": "RWKV-7 ..."}
     model, tok = wl.zoo.load("gdn-tiny")           # Qwen3_5ForCausalLM, PreTrainedTokenizerFast
     ids = wl.zoo.heldout_passages(8, 128)          # torch.long [8, 128], books never trained on
     logits = model(ids).logits                     # [8, 128, 4096]
 
 Each model folder holds a model card (``README.md``) and ``metrics.json`` (losses, the quality bar, the test
 snippet's loss bound). ``python -m writelens.zoo.train NAME`` rebuilds a model from scratch.
+
+``rwkv7-tiny`` is ``RWKV7ForCausalLM`` of the pure-PyTorch ``rwkv7-hf`` package (``pip install
+'writelens[rwkv]'``); ``wl.zoo.load("rwkv7-tiny")`` raises an ``ImportError`` that says so when it is missing.
 
 Some models also ship small pre-trained WriteSAEs (``saes/L<layer>H<head>/``, each with a card and metrics), so
 that examples can run the experiments without training first::
@@ -96,12 +100,13 @@ def load_tokenizer(name: str = "gdn-tiny") -> Any:
 def load(
     name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of a shipped model, via the real ``AutoModelForCausalLM.from_pretrained`` and
+    """``(model, tokenizer)`` of a shipped model, via the real ``AutoModelForCausalLM.from_pretrained`` (for
+    ``rwkv7-tiny``, which the Auto classes do not map: ``rwkv7_hf``'s ``RWKV7ForCausalLM.from_pretrained``) and
     ``AutoTokenizer.from_pretrained`` on :func:`path` ``(name)``.
 
     Args:
         name: a name from :func:`list` (``"gdn-tiny"``: ``Qwen3_5ForCausalLM``; ``"mamba2-tiny"``:
-            ``Mamba2ForCausalLM``).
+            ``Mamba2ForCausalLM``; ``"rwkv7-tiny"``: ``rwkv7_hf.RWKV7ForCausalLM``, needs ``rwkv7-hf``).
         dtype: parameter dtype (stored weights are float32).
         device: where to put the model.
 
@@ -110,11 +115,15 @@ def load(
 
     Raises:
         ZooModelNotFoundError: ``name`` is not a zoo model; the message lists the valid names.
+        ImportError: the model's package is not installed (``rwkv7-tiny`` without ``rwkv7-hf``); the message
+            names the extra to install.
     """
     from transformers import AutoModelForCausalLM
 
+    e = entry(name)
+    loader = AutoModelForCausalLM if e.module == "transformers" else e.model_cls()
     folder = path(name)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device).eval()
+    model = loader.from_pretrained(str(folder), dtype=dtype).to(device).eval()
     return model, load_tokenizer(name)
 
 

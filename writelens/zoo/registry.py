@@ -2,11 +2,17 @@
 
 The configs are the real ``transformers`` ones (``Qwen3_5TextConfig``, ``Mamba2Config``), so a zoo folder is
 loaded by ``AutoModelForCausalLM.from_pretrained`` exactly like a hub checkpoint of the same architecture.
+``rwkv7-tiny`` is the pure-PyTorch ``rwkv7_hf`` package's ``RWKV7ForCausalLM`` (optional extra ``rwkv``), which
+the Auto classes do not map, so it loads with ``RWKV7ForCausalLM.from_pretrained`` (:meth:`ZooEntry.model_cls`);
+this module imports ``rwkv7_hf`` only when that class is asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +76,41 @@ def mamba2_tiny_config(vocab_size: int = 4096) -> Mamba2Config:
     )
 
 
+def rwkv7_tiny_config(vocab_size: int = 4096) -> PretrainedConfig:
+    """RWKV-7 (``rwkv7_hf.RWKV7Config``), 8 layers, hidden 256 = 4 heads of ``head_dim`` 64, so each WKV state is
+    ``[4 heads, 64 (key), 64 (value)]``. Channel-mix width 512 (2 × hidden, to stay near the other zoo models'
+    size). Low-rank widths from RWKV-LM's formulas for ``C = 256``: decay 32, in-context rate ``a`` 32, value
+    residual 32, gate 64. Untied embeddings (``rwkv7_hf`` does not tie them). Needs ``rwkv7-hf``."""
+    from rwkv7_hf.configuration_rwkv7 import RWKV7Config
+
+    return RWKV7Config(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        num_hidden_layers=8,
+        head_dim=64,
+        intermediate_size=512,
+        decay_low_rank_dim=32,
+        a_low_rank_dim=32,
+        v_low_rank_dim=32,
+        gate_low_rank_dim=64,
+        initializer_range=0.02,
+        tie_word_embeddings=False,
+        **_SPECIAL,
+    )
+
+
+def _rwkv7_init(model: Any) -> None:
+    from .rwkv7 import init_rwkv7
+
+    init_rwkv7(model)
+
+
+def _rwkv7_chunked() -> AbstractContextManager[None]:
+    from .rwkv7 import chunked_recurrence
+
+    return chunked_recurrence()
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """One shipped model: its name, a one-line description, its HF class name, its config builder and the
@@ -80,6 +121,31 @@ class ZooEntry:
     model_class: str
     build_config: Callable[[int], PretrainedConfig]
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    module: str = "transformers"
+    """The module that defines ``model_class`` (imported lazily by :meth:`model_cls`)."""
+    extra: str | None = None
+    """The writelens extra that installs ``module`` when it is not ``transformers``."""
+    init: Callable[[Any], None] | None = None
+    """Re-initialises a freshly built model for training from scratch (``None``: the HF init as is)."""
+    train_kernel: Callable[[], AbstractContextManager[None]] | None = None
+    """A context in which training and the long evaluations run on a faster, equivalent kernel."""
+    card_note: str = ""
+    """Extra paragraph for the model card's Training section (how this entry differs from the others)."""
+
+    def model_cls(self) -> Any:
+        """The model class. Raises ``ImportError`` naming the extra to install when its package is missing."""
+        try:
+            mod = importlib.import_module(self.module)
+        except ImportError as e:
+            raise ImportError(
+                f"zoo model {self.name!r} needs the {self.module!r} package ({self.model_class}); install it "
+                f"with `pip install 'writelens[{self.extra}]'`"
+            ) from e
+        return getattr(mod, self.model_class)
+
+    def kernel(self) -> AbstractContextManager[None]:
+        """:attr:`train_kernel` entered, or a no-op context."""
+        return self.train_kernel() if self.train_kernel else contextlib.nullcontext()
 
     @property
     def folder(self) -> Path:
@@ -104,6 +170,28 @@ ENTRIES: dict[str, ZooEntry] = {
             "Mamba2ForCausalLM",
             mamba2_tiny_config,
             dict(steps=800, batch=8, seq_len=256, lr=2e-3),
+        ),
+        ZooEntry(
+            "rwkv7-tiny",
+            "RWKV-7 (rwkv7_hf RWKV7ForCausalLM), 8 layers, hidden 256, 4 heads of 64, channel-mix 512; "
+            "trained on KJV; needs the `rwkv` extra",
+            "RWKV7ForCausalLM",
+            rwkv7_tiny_config,
+            dict(steps=800, batch=8, seq_len=256, lr=2e-3),
+            module="rwkv7_hf.modeling_rwkv7",
+            extra="rwkv",
+            init=_rwkv7_init,
+            train_kernel=_rwkv7_chunked,
+            card_note=(
+                "Initialisation: the HF `normal(0, 0.02)` for linear weights and embeddings, plus RWKV-LM's x070 "
+                "init of what `rwkv7_hf` leaves at zero (token-shift mixes, decay bias `w0`, `k_k` = 0.85, "
+                "`k_a` = 1, `r_k` = -0.04, value-residual bias 1, output-norm scale); see "
+                "`writelens.zoo.rwkv7.init_rwkv7`. Training and the train/held-out losses ran the WKV recurrence "
+                "through `writelens.zoo.rwkv7.rwkv7_chunked` (the same equation, chunked; equal to the reference "
+                "kernel to float32 rounding) because `rwkv7_hf`'s per-sample, per-token reference kernel takes "
+                "about a minute per step on 2 cores; the test snippet and the samples below ran on the reference "
+                "kernel, which is what loading the checkpoint gives."
+            ),
         ),
     )
 }

@@ -87,12 +87,12 @@ def lr_at(step: int, steps: int, peak: float, warmup: int, min_ratio: float) -> 
 
 
 def build_model(entry: ZooEntry, vocab_size: int, seed: int) -> torch.nn.Module:
-    """A freshly initialised model of ``entry`` (the real HF class, float32), seeded."""
-    import transformers
-
+    """A freshly initialised model of ``entry`` (the real HF class, float32, with ``entry.init`` applied), seeded."""
     torch.manual_seed(seed)
-    cls = getattr(transformers, entry.model_class)
-    return cls(entry.build_config(vocab_size)).float()
+    model = entry.model_cls()(entry.build_config(vocab_size)).float()
+    if entry.init is not None:
+        entry.init(model)
+    return model
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -124,9 +124,53 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(args.seed)
     offsets = torch.arange(args.seq_len + 1)
     held_probe = stream_windows(held_ids, args.seq_len)[:24]
-    ema, curve, probes = None, [], []
     t_train = time.time()
     pbar = tqdm(range(args.steps), desc=args.name, mininterval=5.0, file=sys.stderr)
+    with entry.kernel():
+        curve, probes, ema = train_loop(args, model, opt, pbar, train_ids, held_probe, warmup, gen, offsets)
+    train_time = time.time() - t_train
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(args.out))
+    if entry.module != "transformers":
+        strip_remote_code(args.out)
+    save_tokenizer(tok, args.out)
+    return measure(
+        args, entry, train_ids, held_ids, n_params, ema, curve, probes, train_time, time.time() - t0
+    )
+
+
+def strip_remote_code(folder: Path) -> None:
+    """Keep a non-``transformers`` model's folder plain: ``rwkv7_hf`` registers its classes for the Auto classes'
+    *remote code*, so ``save_pretrained`` copies its ``*.py`` files and writes an ``auto_map`` (which makes every
+    ``AutoTokenizer``/``AutoConfig`` load ask for ``trust_remote_code``). The zoo loads such a folder with the
+    installed package's class instead, so drop both."""
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for name in {v.split(".")[0] for v in cfg.pop("auto_map", {}).values()}:
+        (folder / f"{name}.py").unlink(missing_ok=True)
+    for extra in ("cache_rwkv7.py", "ops_rwkv7.py"):  # relative imports copied along with the modeling file
+        (folder / extra).unlink(missing_ok=True)
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def train_loop(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    pbar: Any,
+    train_ids: torch.Tensor,
+    held_probe: torch.Tensor,
+    warmup: int,
+    gen: torch.Generator,
+    offsets: torch.Tensor,
+) -> tuple[list[list[float]], list[list[float]], float | None]:
+    """The optimizer steps of :func:`train`; returns the EMA loss curve, the held-out probes and the final EMA."""
+    from tqdm import tqdm
+
+    ema: float | None = None
+    curve: list[list[float]] = []
+    probes: list[list[float]] = []
     for step in pbar:
         lr = lr_at(step, args.steps, args.lr, warmup, args.min_lr_ratio)
         for g in opt.param_groups:
@@ -149,14 +193,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             tqdm.write(
                 f"[zoo] step {step + 1}: train(ema) {ema:.3f}  held-out(probe) {h:.3f}", file=sys.stderr
             )
-    train_time = time.time() - t_train
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(args.out))
-    save_tokenizer(tok, args.out)
-    return measure(
-        args, entry, train_ids, held_ids, n_params, ema, curve, probes, train_time, time.time() - t0
-    )
+    return curve, probes, ema
 
 
 def measure(
@@ -171,18 +208,22 @@ def measure(
     train_time: float,
     total_time: float,
 ) -> dict[str, Any]:
-    """Reload the saved folder with the Auto classes and measure everything the model card reports."""
+    """Reload the saved folder (``AutoModelForCausalLM``, or the entry's class when the Auto classes do not map
+    it) and measure everything the model card reports. The train and held-out losses run under the entry's
+    training kernel; the test snippet and the samples run on the model's own code path, as the tests do."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .text import heldout_passages
 
-    model = AutoModelForCausalLM.from_pretrained(str(args.out), dtype=torch.float32).eval()
+    loader = AutoModelForCausalLM if entry.module == "transformers" else entry.model_cls()
+    model = loader.from_pretrained(str(args.out), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(args.out))
     gen = torch.Generator().manual_seed(args.seed + 1)
     starts = torch.randint(0, len(train_ids) - args.seq_len - 1, (64,), generator=gen)
-    train_loss = mean_loss(model, train_ids[starts[:, None] + torch.arange(args.seq_len + 1)])
-    held_loss = stream_loss(model, held_ids, args.seq_len)
+    with entry.kernel():
+        train_loss = mean_loss(model, train_ids[starts[:, None] + torch.arange(args.seq_len + 1)])
+        held_loss = stream_loss(model, held_ids, args.seq_len)
     h_uni = unigram_entropy(held_ids)
     snippet = heldout_passages(SNIPPET["n"], SNIPPET["n_tokens"], tok, seed=SNIPPET["seed"])
     snip_loss = mean_loss(model, snippet)
@@ -228,6 +269,11 @@ def measure(
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "python": platform.python_version(),
+            **(
+                {entry.module.split(".")[0]: package_version(entry.module)}
+                if entry.module != "transformers"
+                else {}
+            ),
         },
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -239,6 +285,13 @@ def measure(
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (args.out / "README.md").write_text(model_card(metrics, model.config.to_dict()))
     return metrics
+
+
+def package_version(module: str) -> str:
+    """The installed version of ``module``'s top-level package (``"unknown"`` if it has none)."""
+    import importlib
+
+    return str(getattr(importlib.import_module(module.split(".")[0]), "__version__", "unknown"))
 
 
 def model_card(m: dict[str, Any], config: dict[str, Any]) -> str:
@@ -266,6 +319,11 @@ def model_card(m: dict[str, Any], config: dict[str, Any]) -> str:
             "n_groups",
             "conv_kernel",
             "chunk_size",
+            "decay_low_rank_dim",
+            "a_low_rank_dim",
+            "v_low_rank_dim",
+            "gate_low_rank_dim",
+            "norm_eps",
             "tie_word_embeddings",
         )
         if k in config
@@ -276,6 +334,13 @@ def model_card(m: dict[str, Any], config: dict[str, Any]) -> str:
         for p, s in m["samples"].items()
     )
     verdict = "passes" if m["passes_quality_bar"] else "**FAILS**"
+    entry = ENTRIES.get(m["name"])
+    note = f"\n{entry.card_note}\n" if entry is not None and entry.card_note else ""
+    auto = entry is None or entry.module == "transformers"
+    loader = "AutoModelForCausalLM" if auto else f"{entry.module}.{entry.model_class}"
+    extra_versions = "".join(
+        f", {k} {v}" for k, v in m["versions"].items() if k not in ("torch", "transformers", "python")
+    )
     return f"""# {m["name"]} (writelens zoo)
 
 {m["description"]}.
@@ -283,7 +348,7 @@ def model_card(m: dict[str, Any], config: dict[str, Any]) -> str:
 A *toy* language model that writelens trains and ships so that tests and examples run offline on the exact
 Hugging Face code path of real checkpoints (`{m["model_class"]}`). It knows only King James English and is
 not useful as a language model. Load it with `writelens.zoo.load("{m["name"]}")` or
-`AutoModelForCausalLM.from_pretrained(writelens.zoo.path("{m["name"]}"))`.
+`{loader}.from_pretrained(writelens.zoo.path("{m["name"]}"))`.
 
 ## Data
 King James Bible (public domain), from Debian's `bible-kjv`; one verse per line, a blank line between
@@ -303,8 +368,8 @@ Tokenizer: byte-level BPE, {config["vocab_size"]:,} ids, trained on the train sp
 {tr["grad_clip"]}, seed {tr["seed"]}, fp32 on CPU ({tr["threads"]} threads).
 Tokens seen: {tr["tokens_seen"]:,} ({tr["tokens_seen"] / tr["train_split_tokens"]:.1f} epochs).
 Wall time: {tr["train_wall_time_s"] / 60:.1f} min of training ({tr["total_wall_time_s"] / 60:.1f} min in all).
-Versions: torch {m["versions"]["torch"]}, transformers {m["versions"]["transformers"]}.{machine_note(m)}
-
+Versions: torch {m["versions"]["torch"]}, transformers {m["versions"]["transformers"]}{extra_versions}.{machine_note(m)}
+{note}
 Reproduce: `python -m writelens.zoo.train {m["name"]}` (needs `apt-get install -y bible-kjv`).
 
 ## Results (nats/token, same tokenizer)
