@@ -144,7 +144,7 @@ def _summary(out: Path, head: dict[str, Any], result: Any, files: list[str], sta
 
 
 def _replace_test(
-    model: str = typer.Option(..., "--model", help="zoo name (gdn-tiny, mamba2-tiny), local model folder or hub id"),
+    model: str = typer.Option(..., "--model", help="zoo name (gdn-tiny, mamba2-tiny, rwkv7-tiny), local model folder or hub id"),
     sae: Path = typer.Option(..., "--sae", help="SAE folder (sae.save(); `writelens train` writes <out>/sae)"),
     out: Path = typer.Option(..., "--out", help="output folder (result.json, kl_scatter.html, summary.json)"),
     site: Optional[str] = typer.Option(None, "--site", metavar="<layer:head>",  # noqa: UP045
@@ -197,7 +197,7 @@ def _replace_test(
 
 
 def _attribute(
-    model: str = typer.Option(..., "--model", help="zoo name (gdn-tiny, mamba2-tiny), local model folder or hub id"),
+    model: str = typer.Option(..., "--model", help="zoo name (gdn-tiny, mamba2-tiny, rwkv7-tiny), local model folder or hub id"),
     sae: Path = typer.Option(..., "--sae", help="SAE folder (sae.save(); `writelens train` writes <out>/sae)"),
     out: Path = typer.Option(..., "--out", help="output folder (result.json, attribution_scatter.html, summary.json)"),
     site: Optional[str] = typer.Option(None, "--site", metavar="<layer:head>",  # noqa: UP045
@@ -284,7 +284,7 @@ def target_ids(lens: Any, items: list[str], flag: str = "--targets") -> list[int
 
 
 def _steer(
-    model: str = typer.Option(..., "--model", help="zoo name (gdn-tiny, mamba2-tiny), local model folder or hub id"),
+    model: str = typer.Option(..., "--model", help="zoo name (gdn-tiny, mamba2-tiny, rwkv7-tiny), local model folder or hub id"),
     site: str = typer.Option(..., "--site", metavar="<layer:head>", help="the site LAYER:HEAD to install at, e.g. 1:0"),
     out: Path = typer.Option(..., "--out", help="output folder (result.json, install.html, summary.json)"),
     prompts_from: str = typer.Option("heldout", "--prompts-from",
