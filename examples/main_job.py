@@ -39,6 +39,7 @@ from writelens.experiments.common import scan_site
 from writelens.sae import BilinearSAE
 from writelens.sae.data import StateDataset
 from writelens.sae.train import TrainConfig, train_sae
+from writelens.zoo.random_init import spread_gates
 
 
 @dataclass
@@ -109,11 +110,7 @@ def load_model(name: str, random: bool, quick: bool):
         cfg = gdn_tiny_config()
     torch.manual_seed(0)
     model = Qwen3_5ForCausalLM(cfg).eval()
-    with torch.no_grad():  # random init forgets within a token or two; spread the gates (as tests/models.py does)
-        for layer in model.model.layers:
-            if hasattr(layer, "linear_attn"):
-                layer.linear_attn.dt_bias.normal_(0.0, 1.0)
-                layer.linear_attn.A_log.uniform_(-2.0, 0.5)
+    spread_gates(model)  # random init forgets within a token or two
     vocab = cfg.vocab_size
 
     def tokens(seed):
@@ -135,18 +132,14 @@ def random_mamba2(quick: bool):
     cfg = (Mamba2Config(vocab_size=256, hidden_size=64, num_hidden_layers=2, state_size=16, expand=2, head_dim=16,
                         num_heads=8, n_groups=1, conv_kernel=4, chunk_size=16) if quick else mamba2_tiny_config())
     torch.manual_seed(0)
-    model = Mamba2ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for layer in model.backbone.layers:
-            layer.mixer.A_log.uniform_(-2.0, 1.0)
-            layer.mixer.dt_bias.normal_(-1.0, 1.0)
+    model = spread_gates(Mamba2ForCausalLM(cfg).eval())
     return (wl.WriteLens(model), _random_tokens(cfg.vocab_size, 0), _random_tokens(cfg.vocab_size, 1),
             "random-init Mamba-2 on random tokens (smoke run: no meaning)")
 
 
 def random_rwkv7(quick: bool):
     """A random-init rwkv7_hf RWKV7ForCausalLM (the zoo shape, or a tiny one with ``quick``). Random init leaves
-    k_k = k_a = 0 (no erase term) and tiny mixes; spread them as tests/models.py does."""
+    k_k = k_a = 0 (no erase term) and tiny mixes; spread them (writelens.zoo.random_init)."""
     from rwkv7_hf.configuration_rwkv7 import RWKV7Config
     from rwkv7_hf.modeling_rwkv7 import RWKV7ForCausalLM
 
@@ -156,17 +149,7 @@ def random_rwkv7(quick: bool):
                        decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8, v_low_rank_dim=8,
                        initializer_range=0.2) if quick else rwkv7_tiny_config())
     torch.manual_seed(0)
-    model = RWKV7ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:
-            attn = layer.attn
-            for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
-                getattr(attn, name).uniform_(0.0, 1.0)
-            attn.k_k.normal_(1.0, 0.5)
-            attn.k_a.uniform_(0.0, 1.0)
-            attn.r_k.normal_(0.0, 0.5)
-            attn.w_lora.lora[2].bias.normal_(0.0, 2.0)
-            layer.ffn.x_k.uniform_(0.0, 1.0)
+    model = spread_gates(RWKV7ForCausalLM(cfg).eval())
     return (wl.WriteLens(model), _random_tokens(cfg.vocab_size, 0), _random_tokens(cfg.vocab_size, 1),
             "random-init RWKV-7 on random tokens (smoke run: no meaning)")
 

@@ -6,6 +6,8 @@ import functools
 
 import torch
 
+from writelens.zoo.random_init import spread_gates
+
 
 @functools.cache
 def _qwen35(layers: int, hk: int, hv: int, d: int, seed: int):
@@ -18,18 +20,7 @@ def _qwen35(layers: int, hk: int, hv: int, d: int, seed: int):
         bos_token_id=2, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    return _spread_gates(Qwen3_5ForCausalLM(cfg).eval())
-
-
-def _spread_gates(model):
-    """Random init leaves dt_bias = 1 and A_log up to log 16 (states forget within a token or two); spread the
-    gates so that decay and erase both matter over tens of tokens."""
-    with torch.no_grad():
-        for layer in model.model.layers:
-            if hasattr(layer, "linear_attn"):
-                layer.linear_attn.dt_bias.normal_(0.0, 1.0)
-                layer.linear_attn.A_log.uniform_(-2.0, 0.5)
-    return model
+    return spread_gates(Qwen3_5ForCausalLM(cfg).eval())
 
 
 def qwen35(layers: int = 4, hk: int = 2, hv: int = 2, d: int = 16, seed: int = 0):
@@ -49,7 +40,7 @@ def qwen3_next(seed: int = 0):
         eos_token_id=1, bos_token_id=2,
     )
     torch.manual_seed(seed)
-    return _spread_gates(Qwen3NextForCausalLM(cfg).eval())
+    return spread_gates(Qwen3NextForCausalLM(cfg).eval())
 
 
 def ids(batch: int = 2, length: int = 40, vocab: int = 128, seed: int = 0) -> torch.Tensor:
@@ -69,12 +60,7 @@ def qwen35_vlm(seed: int = 0):
                   temporal_patch_size=1, spatial_merge_size=1)
     torch.manual_seed(seed)
     model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=vision)).eval()
-    with torch.no_grad():
-        for layer in model.model.language_model.layers:
-            if hasattr(layer, "linear_attn"):
-                layer.linear_attn.dt_bias.normal_(0.0, 1.0)
-                layer.linear_attn.A_log.uniform_(-2.0, 0.5)
-    return model
+    return spread_gates(model)
 
 
 def word_tokenizer(vocab: int = 128):
@@ -98,13 +84,7 @@ def mamba2(groups: int, d_state: int, seed: int = 0):
                        head_dim=16, num_heads=8, n_groups=groups, conv_kernel=4, chunk_size=16,
                        tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = Mamba2ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for layer in model.backbone.layers:
-            layer.mixer.A_log.uniform_(-2.0, 1.5)
-            layer.mixer.dt_bias.normal_(-1.0, 1.0)
-            layer.mixer.D.normal_(0.0, 1.0)
-    return model
+    return spread_gates(Mamba2ForCausalLM(cfg).eval())
 
 
 @functools.cache
@@ -118,15 +98,4 @@ def rwkv7(seed: int = 0):
                       decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8, v_low_rank_dim=8,
                       initializer_range=0.2)
     torch.manual_seed(seed)
-    model = RWKV7ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:
-            attn = layer.attn
-            for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
-                getattr(attn, name).uniform_(0.0, 1.0)
-            attn.k_k.normal_(1.0, 0.5)
-            attn.k_a.uniform_(0.0, 1.0)
-            attn.r_k.normal_(0.0, 0.5)
-            attn.w_lora.lora[2].bias.normal_(0.0, 2.0)
-            layer.ffn.x_k.uniform_(0.0, 1.0)
-    return model
+    return spread_gates(RWKV7ForCausalLM(cfg).eval())
