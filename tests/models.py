@@ -10,10 +10,11 @@ from writelens.zoo.random_init import spread_gates
 
 
 @functools.cache
-def _qwen35(layers: int, hk: int, hv: int, d: int, seed: int):
+def _qwen35(layers: int, hk: int, hv: int, d: int, seed: int, all_linear: bool = False):
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
-    cfg = Qwen3_5TextConfig(
+    types = {"layer_types": ["linear_attention"] * layers} if all_linear else {}
+    cfg = Qwen3_5TextConfig(**types,
         vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=2,
         num_key_value_heads=1, head_dim=16, linear_num_key_heads=hk, linear_num_value_heads=hv,
         linear_key_head_dim=d, linear_value_head_dim=d, linear_conv_kernel_dim=4, pad_token_id=0, eos_token_id=1,
@@ -23,9 +24,10 @@ def _qwen35(layers: int, hk: int, hv: int, d: int, seed: int):
     return spread_gates(Qwen3_5ForCausalLM(cfg).eval())
 
 
-def qwen35(layers: int = 4, hk: int = 2, hv: int = 2, d: int = 16, seed: int = 0):
-    """Qwen3_5ForCausalLM, hidden 64, layer pattern [lin, lin, lin, full]*; hv > hk shares key heads."""
-    return _qwen35(layers, hk, hv, d, seed)
+def qwen35(layers: int = 4, hk: int = 2, hv: int = 2, d: int = 16, seed: int = 0, all_linear: bool = False):
+    """Qwen3_5ForCausalLM, hidden 64, layer pattern [lin, lin, lin, full]* (``all_linear``: every layer Gated
+    DeltaNet, as the associative-recall organisms); hv > hk shares key heads."""
+    return _qwen35(layers, hk, hv, d, seed, all_linear)
 
 
 @functools.cache

@@ -315,7 +315,10 @@ class FamilyAdapter(ABC):
         return DynamicCache(config=self.model.config)
 
     def cache_length(self, cache: Any) -> int:
-        """How many tokens an HF cache holds."""
+        """How many tokens an HF cache holds. A cache of only linear-attention layers (an all-GDN Qwen3.5) does not
+        count tokens in transformers (``get_seq_length`` raises), so :meth:`forward` counts them on the cache."""
+        if _linear_only(cache):
+            return int(getattr(cache, _SEEN, 0))
         return int(cache.get_seq_length())
 
     # ---- the readout: from the kernel outputs o to the mixer's output (attribution's direct path) ----------------
@@ -355,11 +358,42 @@ class FamilyAdapter(ABC):
                 position_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Any:
         """Call the model; returns its output (with ``.logits``)."""
         kwargs: dict[str, Any] = {"input_ids": input_ids, self.cache_keyword: cache, "use_cache": use_cache}
+        if cache is None and use_cache:
+            cache = kwargs[self.cache_keyword] = self.new_cache()
+        linear_only = _linear_only(cache)
+        if linear_only and position_ids is None:
+            # transformers derives positions from cache.get_seq_length(), which a cache without attention layers
+            # cannot answer; the positions only feed rotary embeddings of attention layers, so they are bookkeeping
+            seen = getattr(cache, _SEEN, 0)
+            position_ids = torch.arange(seen, seen + input_ids.shape[1], device=input_ids.device)
+            position_ids = position_ids[None].expand(input_ids.shape[0], -1)
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
-        if attention_mask is not None:
+        if linear_only:
+            # the full-attention mask builder asks the cache for its length too; no layer uses that mask here
+            pad = None
+            if attention_mask is not None and input_ids.shape[1] > 1 and not bool((attention_mask == 1).all()):
+                pad = attention_mask[:, -input_ids.shape[1]:].contiguous()  # transformers' recurrent padding mask
+            kwargs["attention_mask"] = {"full_attention": None, "linear_attention": pad}
+        elif attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
-        return self.model(**kwargs)
+        out = self.model(**kwargs)
+        if linear_only and use_cache:
+            setattr(cache, _SEEN, int(position_ids.reshape(-1, position_ids.shape[-1])[0, -1]) + 1)
+        return out
+
+
+_SEEN = "_writelens_seen_tokens"  # token count kept on caches that transformers cannot count (see cache_length)
+
+
+def _linear_only(cache: Any) -> bool:
+    """True for a transformers ``Cache`` whose layers are all linear-attention (no layer that counts tokens)."""
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return False
+    from transformers.cache_utils import CacheLayerMixin
+
+    return not any(isinstance(layer, CacheLayerMixin) for layer in layers)
 
 
 _FAMILIES: list[type[FamilyAdapter]] = []
