@@ -3,7 +3,8 @@ trains on tensors and on extraction shards.
 
 - Architectures (``cfg.architecture``): :class:`FlatSAE` (``"flat"``), :class:`MatrixSAE` (``"matrix"``),
   :class:`BilinearSAE` (``"bilinear"``, WriteSAE). Activations: TopK, BatchTopK, JumpReLU.
-- :func:`load_sae` / ``SAE.from_pretrained`` / ``sae.save`` / ``sae.push_to_hub``.
+- :func:`load_sae` / ``SAE.from_pretrained`` (imported here, :mod:`writelens.sae.io` hands ``from_pretrained`` and
+  ``push_to_hub`` down to the base class, which sits below io and the registry) / ``sae.save`` / ``sae.push_to_hub``.
 - Data: :mod:`writelens.sae.shards` (the on-disk format), :mod:`writelens.sae.data` (datasets).
 - Training: :mod:`writelens.sae.train` (:class:`TrainConfig`, :func:`train_sae`).
 - The paper's released checkpoints: :mod:`writelens.sae.reference`.
@@ -18,14 +19,12 @@ from writelens.sae.base import SAE
 from writelens.sae.bilinear import BilinearSAE
 from writelens.sae.config import Objective, SAEConfig
 from writelens.sae.flat import FlatSAE
+from writelens.sae.io import from_pretrained, load_sae, push_to_hub
 from writelens.sae.matrix import MatrixSAE
 from writelens.sae.outputs import Atoms, SAELosses, SAEOutput, SparseCodes
 from writelens.sae.registry import ARCHITECTURES, build_sae, register_architecture
 
 _LAZY = {
-    "load_sae": ("writelens.sae.io", "load_sae"),
-    "from_pretrained": ("writelens.sae.io", "from_pretrained"),
-    "push_to_hub": ("writelens.sae.io", "push_to_hub"),
     "TrainConfig": ("writelens.sae.train", "TrainConfig"),
     "Trainer": ("writelens.sae.train", "Trainer"),
     "TrainResult": ("writelens.sae.train", "TrainResult"),
@@ -50,6 +49,9 @@ __all__ = [
     "SAEOutput",
     "SparseCodes",
     "build_sae",
+    "from_pretrained",
+    "load_sae",
+    "push_to_hub",
     "register_architecture",
     *sorted(_LAZY),
 ]

@@ -8,6 +8,7 @@ Internally every tensor carries a leading head dim H (1 for a single SAE); param
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -18,10 +19,24 @@ from torch import Tensor, nn
 from writelens.errors import SAEConfigError, SAEInputError
 from writelens.sae.activations import Selection, build_activation
 from writelens.sae.config import Objective, SAEConfig
+from writelens.sae.files import save_sae
 from writelens.sae.outputs import Atoms, SAELosses, SAEOutput, SparseCodes
 from writelens.sae.sparse import gather_features
 
 SHARED_BUFFERS = ("activation.threshold_updates",)
+
+#: ``from_pretrained`` and ``push_to_hub`` of :mod:`writelens.sae.io`, handed down when io is imported (the package
+#: ``writelens.sae`` imports it, so they are always here): this module stays below io and the registry.
+PERSISTENCE: dict[str, Callable[..., Any]] = {}
+
+
+def _persistence(name: str) -> Callable[..., Any]:
+    try:
+        return PERSISTENCE[name]
+    except KeyError:
+        raise SAEConfigError(
+            f"SAE.{name} needs writelens.sae.io, which is not imported; `import writelens.sae` (or writelens) first."
+        ) from None
 
 
 class SAE(nn.Module):
@@ -333,22 +348,16 @@ class SAE(nn.Module):
 
     def save(self, directory: Any) -> Any:
         """Write ``sae_weights.safetensors`` + ``cfg.json`` to ``directory``; returns its Path."""
-        from writelens.sae.io import save_sae
-
         return save_sae(self, directory)
 
     @classmethod
     def from_pretrained(cls, repo_id_or_path: str, subfolder: str | None = None, **kwargs: Any) -> SAE:
         """Load from a local folder or a Hugging Face Hub repo (see :func:`writelens.sae.io.from_pretrained`)."""
-        from writelens.sae.io import from_pretrained
-
-        return from_pretrained(repo_id_or_path, subfolder=subfolder, **kwargs)
+        return _persistence("from_pretrained")(repo_id_or_path, subfolder=subfolder, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload to a Hugging Face Hub repo (see :func:`writelens.sae.io.push_to_hub`)."""
-        from writelens.sae.io import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+        return _persistence("push_to_hub")(self, repo_id, **kwargs)
 
     def extra_repr(self) -> str:
         c = self.cfg

@@ -13,7 +13,7 @@ b_dec``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -21,13 +21,13 @@ from torch import Tensor, nn
 
 from writelens.sae.base import SAE
 from writelens.sae.init import top_singular_factors, unit_randn
-from writelens.sae.registry import register_architecture
 from writelens.sae.sparse import bilinear_preacts, bilinear_preacts_at, rank_decode, workspace_size
 
 
-@register_architecture("bilinear")
 class BilinearSAE(SAE):
     """WriteSAE: encoder ``a_i = sum_r u_ir^T S w_ir + b_i`` (tied or untied), rank-r decoder. See module doc."""
+
+    architecture: ClassVar[str] = "bilinear"
 
     def _init_parameters(self, generator: torch.Generator | None) -> None:
         c = self.cfg

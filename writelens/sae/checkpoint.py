@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from writelens.errors import CheckpointError
-from writelens.sae.io import atomic_save_safetensors, atomic_write_bytes, read_weights, save_sae
+from writelens.sae.files import (
+    WEIGHTS_FILE,
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    load_state_checked,
+    read_config,
+    read_weights,
+    save_sae,
+)
 
 LATEST_FILE = "latest.json"
 
@@ -125,9 +133,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def load_checkpoint(folder: Path, sae: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Load SAE weights and optimizer state from ``folder``; returns (trainer_state, rng tensors)."""
-    from writelens.sae.io import WEIGHTS_FILE, _read_config, load_state_checked
-
-    cfg = _read_config(folder)
+    cfg = read_config(folder)
     if cfg != sae.cfg:
         raise CheckpointError(
             f"the checkpoint in {folder} is for another SAE config ({cfg}) than this run's ({sae.cfg}); use a "

@@ -10,6 +10,8 @@ Atoms are stored as (d_k, d_v) matrices (the reference's ``decoder.weight`` is t
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -17,13 +19,13 @@ from torch import Tensor, nn
 from writelens.sae.base import SAE
 from writelens.sae.init import unit_matrices, unit_randn
 from writelens.sae.matrix import DenseEncoderMixin
-from writelens.sae.registry import register_architecture
 from writelens.sae.sparse import flat_decode
 
 
-@register_architecture("flat")
 class FlatSAE(DenseEncoderMixin, SAE):
     """Dense encoder and dense (unstructured) atoms on vec(S). See module doc."""
+
+    architecture: ClassVar[str] = "flat"
 
     def _init_parameters(self, generator: torch.Generator | None) -> None:
         c = self.cfg

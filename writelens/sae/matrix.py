@@ -9,13 +9,14 @@ b_dec``. The encoder is initialised to the decoder atoms (Gao et al. 2024).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from writelens.sae.base import SAE
 from writelens.sae.init import top_singular_factors, unit_matrices, unit_randn
-from writelens.sae.registry import register_architecture
 from writelens.sae.sparse import flat_preacts, rank_decode
 
 
@@ -42,9 +43,10 @@ class DenseEncoderMixin:
         return norms[live].mean() if bool(live.any()) else norms.new_tensor(1.0)
 
 
-@register_architecture("matrix")
 class MatrixSAE(DenseEncoderMixin, SAE):
     """Dense encoder on vec(S), rank-r decoder. See module doc."""
+
+    architecture: ClassVar[str] = "matrix"
 
     def _init_parameters(self, generator: torch.Generator | None) -> None:
         c = self.cfg

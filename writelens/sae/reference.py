@@ -44,7 +44,7 @@ import torch
 from writelens.errors import CheckpointError, ChecksumError
 from writelens.sae.base import SAE
 from writelens.sae.config import SAEConfig
-from writelens.sae.io import load_state_checked
+from writelens.sae.files import load_state_checked
 from writelens.sae.registry import build_sae
 
 REFERENCE_REPO = "JackYoung27/writesae-ckpts"

@@ -1,17 +1,21 @@
-"""Architecture registry: ``cfg.architecture`` names the class that a saved config rebuilds."""
+"""Architecture registry: ``cfg.architecture`` names the class that a saved config rebuilds.
+
+It sits above the architectures (it imports them; they do not import it): the shipped classes carry their
+name as ``architecture`` and are registered here; new ones register with :func:`register_architecture`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from writelens.errors import SAEConfigError
+from writelens.sae.base import SAE
+from writelens.sae.bilinear import BilinearSAE
+from writelens.sae.config import SAEConfig
+from writelens.sae.flat import FlatSAE
+from writelens.sae.matrix import MatrixSAE
 
-if TYPE_CHECKING:
-    from writelens.sae.base import SAE
-    from writelens.sae.config import SAEConfig
-
-ARCHITECTURES: dict[str, type[SAE]] = {}
+ARCHITECTURES: dict[str, type[SAE]] = {cls.architecture: cls for cls in (FlatSAE, MatrixSAE, BilinearSAE)}
 
 
 def register_architecture(name: str) -> Callable[[type[SAE]], type[SAE]]:
@@ -29,10 +33,6 @@ def register_architecture(name: str) -> Callable[[type[SAE]], type[SAE]]:
 
 def sae_class(name: str) -> type[SAE]:
     """The class registered under ``name``."""
-    import writelens.sae.bilinear  # noqa: F401  (registration side effects)
-    import writelens.sae.flat  # noqa: F401
-    import writelens.sae.matrix  # noqa: F401
-
     try:
         return ARCHITECTURES[name]
     except KeyError:

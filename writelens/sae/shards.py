@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from writelens.errors import ExtractionError
-from writelens.sae.io import atomic_save_safetensors, atomic_write_bytes
+from writelens.sae.files import atomic_save_safetensors, atomic_write_bytes
 
 SHARD_FORMAT = "writelens-shards"
 SHARD_FORMAT_VERSION = 1

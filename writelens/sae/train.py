@@ -30,7 +30,7 @@ from writelens.sae.base import SAE
 from writelens.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from writelens.sae.config import Objective
 from writelens.sae.data import StateDataset
-from writelens.sae.io import atomic_write_bytes, save_sae
+from writelens.sae.files import atomic_write_bytes, save_sae
 from writelens.sae.metrics import EvalMetrics, evaluate_sae
 from writelens.sae.resample import resample_dead_features
 
