@@ -169,7 +169,7 @@ def test_padding_mask(lens):
     x = ids(2, 30, seed=6)
     mask = torch.ones(2, 30, dtype=torch.long)
     mask[0, :4] = 0
-    edits = [wl.Delete(1, 2, 10), wl.Add(1, 2, 2, matrix=torch.ones(*_dims(lens)), batch=0)]
+    edits = [wl.Delete(1, 2, 10), wl.Add(1, 2, 5, matrix=torch.ones(*_dims(lens)), batch=0)]  # 5: row 0 is real there
     fast = lens.run(x, edits=edits, attention_mask=mask, use_cache=True)
     ref = lens.run(x, edits=edits, attention_mask=mask, oracle=True, use_cache=True)
     assert rel(fast.logits, ref.logits) < TOL

@@ -119,3 +119,42 @@ class ExperimentError(WriteLensError, ValueError):
 
     Fix: the message names the option or input; use longer or more passages, other tokens, or pass the SAE.
     """
+
+
+# --- inputs, devices and files ---------------------------------------------------------------------------------
+
+
+class InputError(WriteLensError, ValueError):
+    """An input to ``lens.run`` / ``lens.generate`` / ``lens.trace`` is invalid: token ids that are not an integer
+    ``[B, T]`` tensor (a string, floats), an empty batch or sequence, ids negative or ≥ the vocabulary, an
+    ``attention_mask`` of another shape or with a row of only zeros, ``max_new_tokens < 1``, ``top_k`` outside
+    ``1..vocab``, a temperature ≤ 0 when sampling.
+
+    Fix: tokenise text first (``tok(text, return_tensors="pt").input_ids``); the message names the argument and
+    the valid range.
+    """
+
+
+class DeviceUnavailableError(WriteLensError, RuntimeError):
+    """A ``device`` names a backend this machine or torch build lacks (``"cuda"`` on a CPU-only torch, ``"cuda:3"``
+    with two GPUs) or is not a device string at all.
+
+    Fix: pass ``"cpu"``, or a device listed by ``torch.cuda.device_count()`` on a CUDA build of torch.
+    """
+
+
+class OutputDirError(WriteLensError, OSError):
+    """An output folder cannot be used: the path is an existing file, or the folder (or the nearest existing
+    parent) is not writable.
+
+    Fix: pass a folder path you can write to (it is created if missing).
+    """
+
+
+class ModelLoadError(WriteLensError, OSError):
+    """``WriteLens.from_pretrained`` could not find the model: a local path that does not exist, or a name that is
+    neither a local folder nor a reachable Hugging Face Hub id.
+
+    Fix: pass a folder written by ``save_pretrained`` (config.json + weights), a hub id you can reach, or a zoo
+    model via ``wl.zoo.load(name)``.
+    """

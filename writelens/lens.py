@@ -12,12 +12,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from writelens import lens_inputs
 from writelens.cache import WriteCache
-from writelens.edits import Edit, edit_positions, edit_rows
+from writelens.edits import Edit, edit_positions
 from writelens.errors import (
-    BatchRowOutOfRangeError,
-    EditShapeError,
     MissingTokenizerError,
+    ModelLoadError,
     NonFiniteError,
     NotRecurrentLayerError,
     PositionOutOfRangeError,
@@ -26,6 +26,7 @@ from writelens.errors import (
     UnsupportedModelError,
 )
 from writelens.sites.base import RunSession, Site, adapter_for, session_scope
+from writelens.validate import check_device
 
 __all__ = ["WriteLens", "RunOutput", "GenerateOutput"]
 
@@ -79,12 +80,35 @@ class WriteLens:
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, dtype: torch.dtype | str = torch.float32, tokenizer: bool = True,
                         self_check: bool = True, **hf_kwargs: Any) -> WriteLens:
-        """Load with ``AutoModelForCausalLM.from_pretrained`` (hub id or local folder) and wrap it."""
+        """Load with ``AutoModelForCausalLM.from_pretrained`` (hub id or local folder) and wrap it.
+
+        A path that does not exist (absolute, ``./``, ``../``, ``~``, or a file) raises :class:`ModelLoadError`
+        without asking the hub; a name the hub cannot resolve raises it too (the HF message is kept as the cause).
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **hf_kwargs).eval()
+        local = Path(str(name_or_path)).expanduser()
+        looks_local = str(name_or_path).startswith(("/", "./", "../", "~", ".\\")) or str(name_or_path).count("/") > 1
+        if local.is_file() or (looks_local and not local.is_dir()):
+            what = "is a file" if local.is_file() else "does not exist"
+            raise ModelLoadError(f"WriteLens.from_pretrained({str(name_or_path)!r}): the path {what}; pass a folder "
+                                 "written by save_pretrained (config.json + weights), a hub id, or load a zoo model "
+                                 "with wl.zoo.load(name).")
+        if local.is_dir():
+            if not (local / "config.json").is_file():
+                raise ModelLoadError(f"WriteLens.from_pretrained({str(name_or_path)!r}): the folder has no config.json, "
+                                     "so it is not a local model folder; pass a folder written by save_pretrained.")
+            name_or_path = str(local)
+        device_map = hf_kwargs.get("device_map")
+        if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+            check_device(device_map, "device_map")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **hf_kwargs).eval()
+        except OSError as err:
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise ModelLoadError(f"WriteLens.from_pretrained({str(name_or_path)!r}) found no model: it is neither a "
+                                 f"local model folder nor a reachable hub id ({first}).") from err
         tok = None
-        local = Path(str(name_or_path))
         tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
         if local.is_dir() and not any((local / f).exists() for f in tokenizer_files):
             tokenizer = False  # a local folder without tokenizer files: none to load
@@ -126,32 +150,16 @@ class WriteLens:
         if not 0 <= head < n:
             raise SiteOutOfRangeError(f"head {head} is outside layer {layer}'s {n} value heads (0..{n - 1}).")
 
-    def _check_edits(self, edits: Sequence[Edit], batch_size: int, length: int) -> list[Edit]:
-        edits = list(edits)
-        for e in edits:
-            if not hasattr(e, "layer") or not hasattr(e, "timing"):
-                raise EditShapeError(f"{e!r} is not a writelens edit; use wl.Delete / Replace / Add / RandomAtom / Install.")
-            self._check_site(e.layer, e.head)
-            for p in edit_positions(e):
-                if not 0 <= p < length:
-                    raise PositionOutOfRangeError(
-                        f"{type(e).__name__} at position {p} is outside the {length} positions this call processes "
-                        f"(valid: 0..{length - 1}); edits take absolute, non-negative positions."
-                    )
-            for r in edit_rows(e, batch_size):
-                if not 0 <= r < batch_size:
-                    raise BatchRowOutOfRangeError(
-                        f"{type(e).__name__} names batch row {r} but the batch has {batch_size} rows (0..{batch_size - 1})."
-                    )
-        return edits
+    def _check_edits(self, edits: Any, batch_size: int, length: int, mask: Tensor | None = None) -> list[Edit]:
+        return lens_inputs.check_edits(self, edits, batch_size, length, mask)
 
-    def _ids(self, input_ids: Any) -> Tensor:
-        ids = torch.as_tensor(input_ids)
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or ids.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
-            raise EditShapeError(f"input_ids must be an integer tensor [B, T], got {tuple(ids.shape)} {ids.dtype}.")
-        return ids.long().to(self.device)
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids the model's input embedding accepts."""
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
+    def _ids(self, input_ids: Any, what: str = "input_ids") -> Tensor:
+        return lens_inputs.check_ids(input_ids, self.vocab_size, what).to(self.device)
 
     @property
     def device(self) -> torch.device:
@@ -169,7 +177,10 @@ class WriteLens:
             input_ids: [B, T] (or [T]).
             cache: record the write sites (``out.cache``).
             sites: which (layer, head) to record (None: all); all heads of a named layer are recorded.
-            edits: ``wl.Delete`` / ``Replace`` / ``Add`` / ``RandomAtom`` / ``Install``; composed exactly.
+            edits: ``wl.Delete`` / ``Replace`` / ``Add`` / ``RandomAtom`` / ``Install`` (a list, or one edit alone);
+                composed exactly (at most one write-replacing edit per site, position and row).
+            attention_mask: [B, T] of 0 / 1 (0: padding); an edit at a padded position raises
+                :class:`PositionOutOfRangeError`.
             use_cache: also return the HF cache (``out.past_key_values``) to continue or branch from.
             oracle: run every recurrent layer with the float64 per-token reference recurrence, edits applied
                 directly to the state (slow; the ground truth the fast path is tested against).
@@ -177,7 +188,9 @@ class WriteLens:
             :class:`RunOutput`. The model and any cache you hold are unchanged.
         """
         ids = self._ids(input_ids)
-        edits = self._check_edits(edits, *ids.shape)
+        attention_mask = lens_inputs.check_mask(attention_mask, ids)
+        attention_mask = None if attention_mask is None else attention_mask.to(self.device)
+        edits = self._check_edits(edits, *ids.shape, mask=None if attention_mask is None else attention_mask.cpu())
         if (edits and _fast and self.adapter.supports_prefix_reuse and not (cache or use_cache or oracle)
                 and attention_mask is None):
             logits = self.adapter.run_with_prefix_reuse(self, ids, edits)
@@ -224,9 +237,14 @@ class WriteLens:
         edits at generated positions (``T ≤ pos < T + max_new_tokens``) apply when that token is processed.
         ``past_key_values``: an HF cache holding a prefix; it is cloned, never modified, and ``input_ids`` are then the
         tokens after that prefix (positions count from the prefix start). ``oracle``: as in :meth:`run`.
+        ``max_new_tokens`` ≥ 1, ``top_k`` in 1..vocab (or None), ``temperature`` > 0 when sampling; otherwise
+        :class:`InputError`.
         """
         ids = self._ids(input_ids)
         B, T = ids.shape
+        n_logits = int(self.model.get_output_embeddings().weight.shape[0])
+        max_new_tokens, top_k, seed = lens_inputs.check_generate_args(max_new_tokens, do_sample, temperature, top_k,
+                                                                      seed, n_logits)
         past = self.adapter.new_cache() if past_key_values is None else clone_cache(past_key_values)
         start = self.adapter.cache_length(past) if past_key_values is not None else 0
         edits = self._check_edits(edits, B, start + T + max_new_tokens)
@@ -261,7 +279,7 @@ class WriteLens:
     def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, gen) -> Tensor:
         if not do_sample:
             return logits.argmax(-1)
-        z = logits / max(float(temperature), 1e-6)
+        z = logits / float(temperature)
         if top_k is not None:
             kth = z.topk(int(top_k), dim=-1).values[:, -1:]
             z = z.masked_fill(z < kth, float("-inf"))
@@ -318,6 +336,13 @@ class WriteLens:
         ``.beta``, ``.gate``, ``.write``, ``.read`` (the head output o), ``.state`` each have ``.output`` to read (``.save()``) or
         assign (heads on axis 2). Request them in that order within a layer, and layers in model order.
         """
+        first = inputs[0] if inputs else None
+        if hasattr(first, "keys") and "input_ids" in first:  # a tokenizer's BatchEncoding / a dict of tensors
+            first = first["input_ids"]
+        if isinstance(first, str) or (isinstance(first, (list, tuple)) and first and isinstance(first[0], str)):
+            self.require_tokenizer("lens.trace with text")
+        elif isinstance(first, (Tensor, list, tuple)):
+            self._ids(first)  # checked only (empty, not integer, outside the vocabulary); nnsight gets it as is
         self.arm_trace_points(True)
         return self.nnsight.trace(*inputs, **kwargs)
 
