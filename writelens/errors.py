@@ -158,3 +158,39 @@ class ModelLoadError(WriteLensError, OSError):
     Fix: pass a folder written by ``save_pretrained`` (config.json + weights), a hub id you can reach, or a zoo
     model via ``wl.zoo.load(name)``.
     """
+
+
+# --- warnings ---------------------------------------------------------------------------------------------------
+
+
+class NoiseFloorWarning(UserWarning):
+    """Most firings of an experiment sit below its null-edit noise floor: the effects (KL, Δ log p) of every
+    condition are no larger than a small multiple of what a mathematically null edit through the same path gives,
+    so the comparison between conditions is decided by float rounding. Those firings count as ties (they are left
+    out of win rates); the result's ``floor`` field and its summary say how many there are.
+
+    Fix: measure where the edit can act (``kl_position="next"`` or ``"mean_from_t"``, or ``timing="with_read"``
+    instead of ``"after_read"`` with the last position), or use longer-lived sites.
+    """
+
+
+# --- tasks and organisms ----------------------------------------------------------------------------------------
+
+
+class TaskConfigError(WriteLensError, ValueError):
+    """A synthetic task (``writelens.tasks``) was asked for something it cannot build: a vocabulary too small, more
+    key–value pairs than fit in the sequence, a counterfactual value that already occurs in the passage.
+
+    Fix: the message names the knob; raise ``seq_len`` / the vocabulary or lower ``n_pairs``.
+    """
+
+
+class FeatureHealthWarning(UserWarning):
+    """An SAE finished training with dense features (active on more than half the states) or bias-dominated ones
+    (activation mostly its encoder bias): such a feature acts as a second decoder bias, wins the TopK on almost
+    every state and takes the firings of per-firing tests (replacement, population), whose results then measure
+    "delete the write, add a constant". ``TrainResult.health`` and ``warnings`` name the features.
+
+    Fix: train with the default ``TrainConfig`` (``init_from_data=True``, ``dense_threshold=0.5``) and a
+    ``resample_every``, or build the SAE with ``center=True``.
+    """

@@ -4,7 +4,10 @@ several into one page.
 
 ==============================  ======================================================================================
 ``kl_scatter``                  KL_atom vs KL_delete (or random / flat_svd) per firing, log-log, with y = x
-``kl_ratio_density``            density of log10(KL_cond / KL_atom) per control condition
+                                and the noise-floor band (ties in grey)
+``kl_ratio_density``            density of log10(KL_cond / KL_atom) per control condition (ties left out)
+``kl_histogram``                log10 KL per condition and of the null edit, with the noise floor
+``erasure_histogram``           Δ log p(preferred) of the erasure test half and its null edit, floor band ±τ
 ``win_rate_strip``              win rate (Wilson CI) per layer, one point per head
 ``attribution_scatter``         predicted vs measured logit change, y = x, R² in the title
 ``install_bars``                target inclusion native vs edited per stratum (Wilson CIs)
@@ -24,15 +27,36 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-__all__ = ["kl_scatter", "kl_ratio_density", "win_rate_strip", "attribution_scatter", "install_bars", "install_dose",
+__all__ = ["kl_scatter", "kl_ratio_density", "kl_histogram", "erasure_histogram", "win_rate_strip", "attribution_scatter", "install_bars", "install_dose",
            "feature_card", "save_html", "save_report"]
 
-_COLORS = {"delete": "#d62728", "random": "#7f7f7f", "flat_svd": "#9467bd", "atom": "#1f77b4"}
+_COLORS = {"delete": "#d62728", "random": "#7f7f7f", "flat_svd": "#9467bd", "atom": "#1f77b4", "null": "#2ca02c",
+           "tie": "#bcbd22"}
 
 
-def _positive(x: Sequence[float], floor: float) -> np.ndarray:
+def _positive(x: Sequence[float], clip: float) -> np.ndarray:
     a = np.asarray([np.nan if v is None else v for v in x], dtype=np.float64)
-    return np.where(a > 0, a, floor)
+    return np.where(a > 0, a, clip)
+
+
+def _floor(result) -> float | None:
+    """The noise floor's threshold τ of a result (None for results made before floors, or without firings)."""
+    floor = getattr(result, "floor", None)
+    tau = None if floor is None else floor.threshold
+    return tau if tau is not None and np.isfinite(tau) else None
+
+
+def _ties(result, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bool [n]: the pair is a tie (both effects below the floor, or the firing is unreachable)."""
+    from writelens.experiments.common import unreachable
+    from writelens.experiments.floor import below_floor
+
+    tau = _floor(result)
+    if tau is None:
+        return np.zeros(a.size, dtype=bool)
+    opts = result.options
+    unreach = unreachable(result.position, result.passage_length, opts.kl_position, opts.timing)
+    return below_floor(a, tau, unreach) & below_floor(b, tau, unreach)
 
 
 def _kl_columns(result) -> dict[str, list[float]]:
@@ -43,23 +67,40 @@ def _kl_columns(result) -> dict[str, list[float]]:
 
 
 def kl_scatter(result, against: str = "delete") -> go.Figure:
-    """Per-firing KL of the atom (x) against a control (y), log-log; points above y = x are wins of the atom."""
+    """Per-firing KL of the atom (x) against a control (y), log-log; points above y = x are wins of the atom.
+
+    With a noise floor (``result.floor``), the band below τ is shaded on both axes and firings whose two KLs both
+    sit below it are drawn as ties (grey-green) and left out of the rate in the title."""
     y_raw = _kl_columns(result)[against]
     x_all = np.asarray(result.kl_atom + list(y_raw), dtype=np.float64)
-    floor = float(np.nanmin(x_all[x_all > 0])) / 10 if (x_all > 0).any() else 1e-12
-    x, y = _positive(result.kl_atom, floor), _positive(y_raw, floor)
-    win = x < y
+    clip = float(np.nanmin(x_all[x_all > 0])) / 10 if (x_all > 0).any() else 1e-12
+    x, y = _positive(result.kl_atom, clip), _positive(y_raw, clip)
+    tie = _ties(result, np.asarray(result.kl_atom, dtype=np.float64), np.asarray(y_raw, dtype=np.float64))
+    win = (x < y) & ~tie
     hover = [f"passage {p}, pos {t}, feature {f}, atom {a}" for p, t, f, a in
              zip(result.passage, result.position, result.feature, result.atom, strict=False)]
     fig = go.Figure()
-    for mask, name, color in ((win, "atom wins", _COLORS["atom"]), (~win, f"{against} wins", _COLORS[against])):
+    for mask, name, color in ((win, "atom wins", _COLORS["atom"]), (~win & ~tie, f"{against} wins", _COLORS[against]),
+                              (tie, "tie (both below the floor)", _COLORS["tie"])):
         fig.add_trace(go.Scattergl(x=x[mask], y=y[mask], mode="markers", name=name, text=np.asarray(hover)[mask],
                                    marker=dict(size=5, opacity=0.6, color=color)))
-    lo, hi = float(min(x.min(), y.min())) if x.size else floor, float(max(x.max(), y.max())) if x.size else 1.0
+    lo, hi = float(min(x.min(), y.min())) if x.size else clip, float(max(x.max(), y.max())) if x.size else 1.0
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line=dict(color="black", dash="dash")))
-    rate = float(win.mean()) if win.size else float("nan")
+    tau = _floor(result)
+    floor_text = ""
+    if tau is not None:
+        edge = max(tau, lo)
+        fig.add_trace(go.Scatter(x=[lo, edge, edge, lo, lo], y=[lo, lo, edge, edge, lo], mode="lines", fill="toself",
+                                 fillcolor="rgba(188,189,34,0.15)", line=dict(color=_COLORS["tie"], width=1),
+                                 name=f"noise floor τ = {tau:.2g} ({result.floor.multiple:g}× null max)"))
+        fig.add_vline(x=edge, line_dash="dot", line_color=_COLORS["tie"])
+        fig.add_hline(y=edge, line_dash="dot", line_color=_COLORS["tie"])
+        floor_text = f", {int(tie.sum())} ties excluded"
+    decided = int((~tie).sum())
+    rate = float(win.sum() / decided) if decided else float("nan")
     fig.update_layout(
-        title=f"L{result.layer}H{result.head}: KL atom vs {against} (n={len(x)}, atom < {against}: {rate:.1%})",
+        title=f"L{result.layer}H{result.head}: KL atom vs {against} (n={len(x)}{floor_text}, "
+              f"atom < {against}: {rate:.1%})",
         xaxis=dict(type="log", title="KL(native ‖ atom)"), yaxis=dict(type="log", title=f"KL(native ‖ {against})"),
         template="plotly_white")
     return fig
@@ -71,13 +112,60 @@ def kl_ratio_density(result, bins: int = 60) -> go.Figure:
     atom = np.asarray(result.kl_atom, dtype=np.float64)
     for name, col in _kl_columns(result).items():
         c = np.asarray(col, dtype=np.float64)
-        ok = (atom > 0) & (c > 0)
+        tie = _ties(result, atom, c)
+        ok = (atom > 0) & (c > 0) & ~tie
         r = np.log10(c[ok] / atom[ok])
-        fig.add_trace(go.Histogram(x=r, nbinsx=bins, histnorm="probability density", name=f"{name} / atom",
+        label = f"{name} / atom" + (f" ({int(tie.sum())} ties left out)" if tie.any() else "")
+        fig.add_trace(go.Histogram(x=r, nbinsx=bins, histnorm="probability density", name=label,
                                    opacity=0.55, marker_color=_COLORS[name]))
     fig.add_vline(x=0, line_dash="dash", line_color="black")
     fig.update_layout(barmode="overlay", template="plotly_white", xaxis_title="log10(KL_cond / KL_atom)",
                       yaxis_title="density", title=f"L{result.layer}H{result.head}: per-firing KL ratios")
+    return fig
+
+
+def kl_histogram(result, bins: int = 60) -> go.Figure:
+    """Histograms of log10 KL per condition (atom, delete, random[, flat_svd]) and of the null edit, with the noise
+    floor τ as a dashed line and the band below it shaded."""
+    cols = {"atom": result.kl_atom, **_kl_columns(result), "null": getattr(result, "kl_null", None) or []}
+    everything = np.asarray([v for c in cols.values() for v in c if v is not None], dtype=np.float64)
+    clip = float(everything[everything > 0].min()) / 10 if (everything > 0).any() else 1e-16
+    fig = go.Figure()
+    for name, col in cols.items():
+        if len(col):
+            fig.add_trace(go.Histogram(x=np.log10(_positive(col, clip)), nbinsx=bins, name=name, opacity=0.5,
+                                       marker_color=_COLORS[name]))
+    tau = _floor(result)
+    title = f"L{result.layer}H{result.head}: KL per condition"
+    if tau is not None:
+        fl = result.floor
+        fig.add_vrect(x0=float(np.log10(clip)), x1=float(np.log10(max(tau, clip))), fillcolor=_COLORS["tie"],
+                      opacity=0.15, line_width=0)
+        fig.add_vline(x=float(np.log10(max(tau, clip))), line_dash="dash", line_color="black",
+                      annotation_text=f"floor τ = {tau:.2g}")
+        title += (f" ({result.options.timing}, KL at {result.options.kl_position}; {fl.n_ties} of {fl.n_items} "
+                  f"atom/delete ties)")
+    fig.update_layout(barmode="overlay", template="plotly_white", xaxis_title="log10 KL(native ‖ edited)",
+                      yaxis_title="firings", title=title)
+    return fig
+
+
+def erasure_histogram(result, bins: int = 40) -> go.Figure:
+    """Δ log p(preferred) on the erasure test half and under the null edit, with the floor band [−τ, τ]."""
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=result.delta_logp, nbinsx=bins, name="erase", opacity=0.6,
+                               marker_color=_COLORS["delete"]))
+    if getattr(result, "delta_logp_null", None):
+        fig.add_trace(go.Histogram(x=result.delta_logp_null, nbinsx=bins, name="null edit", opacity=0.6,
+                                   marker_color=_COLORS["null"]))
+    title = f"L{result.layer}H{result.head} erasure of feature {result.feature}: Δ log p(preferred)"
+    floor = getattr(result, "floor", None)
+    if floor is not None and np.isfinite(floor.threshold):
+        fig.add_vrect(x0=-floor.threshold, x1=floor.threshold, fillcolor=_COLORS["tie"], opacity=0.25, line_width=0,
+                      annotation_text=f"floor ±{floor.threshold:.2g}")
+        title += f" ({floor.n_all_below} of {floor.n_items} below the floor)"
+    fig.update_layout(barmode="overlay", template="plotly_white", xaxis_title="log p_erased − log p_native (nats)",
+                      yaxis_title="firings", title=title)
     return fig
 
 

@@ -21,7 +21,7 @@ KLPosition = Literal["last", "next", "mean_from_t"]
 KLDirection = Literal["native_edited", "edited_native"]
 
 __all__ = ["site_tuple", "single_head_sae", "unembedding", "out_proj_slice", "as_passages", "kl_from_logits",
-           "kl_positions", "Scan", "scan_site", "run_rows", "token_direction"]
+           "kl_positions", "unreachable", "Scan", "scan_site", "run_rows", "token_direction"]
 
 
 def site_tuple(site: Any) -> tuple[int, int]:
@@ -92,6 +92,17 @@ def kl_positions(t: int, length: int, mode: KLPosition, timing: str = "with_read
     return list(range(first, length))
 
 
+def unreachable(positions: Sequence[int], length: int, mode: KLPosition, timing: str = "with_read") -> list[bool]:
+    """Per firing position t: True when every position the KL is taken at precedes the first one an edit at t
+    reaches (t with ``with_read``, t+1 with ``after_read``): ``after_read`` at the final position with ``last``."""
+    first = 0 if timing == "with_read" else 1
+    out = []
+    for t in positions:
+        pos = kl_positions(int(t), length, mode, timing)
+        out.append(not pos or max(pos) < int(t) + first)
+    return out
+
+
 @dataclass
 class Scan:
     """What one native pass over the passages gives at a site (positions < ``min_position`` are masked).
@@ -99,7 +110,8 @@ class Scan:
     logits: [N, T, V] native logits (float32); values / indices: [N, T, m] the SAE's sparse codes of the state
     after each position's write (values 0 where masked or inactive); write_norm: [N, T] ‖β_t k̂_t v_tᵀ‖_F;
     value_norm: [N, T] ‖v_t‖ (the β-free write norm with unit k̂); flat_svd: optional (key [N,T,d_k],
-    value [N,T,d_v]) top-1 singular factors of a second (flat) SAE's reconstruction.
+    value [N,T,d_v]) top-1 singular factors of a second (flat) SAE's reconstruction; write: the native write's
+    factors (key [N,T,d_k], value [N,T,d_v], beta [N,T]) as ``cache.write`` gives them (for null edits).
     """
 
     logits: Float[Tensor, "N T V"]
@@ -109,6 +121,7 @@ class Scan:
     value_norm: Float[Tensor, "N T"]
     min_position: int
     flat_svd: tuple[Tensor, Tensor] | None = None
+    write: tuple[Tensor, Tensor, Tensor] | None = None
 
     def dense_codes(self, n_features: int) -> Float[Tensor, "N T F"]:
         dense = self.values.new_zeros(*self.values.shape[:2], n_features)
@@ -128,6 +141,7 @@ def scan_site(lens, sae: Any, site: Any, passages: Int[Tensor, "N T"], *, min_po
     n, length = ids.shape
     positions = list(range(length))
     logits, values, indices, wnorm, vnorm, fk, fv = [], [], [], [], [], [], []
+    wk, wv, wb = [], [], []
     for start in progress(range(0, n, batch_size), total=-(-n // batch_size), desc=desc, enabled=show):
         out = lens.run(ids[start : start + batch_size], cache=True, sites=[(layer, head)])
         if keep_logits:
@@ -135,6 +149,9 @@ def scan_site(lens, sae: Any, site: Any, passages: Int[Tensor, "N T"], *, min_po
         w = out.cache.write(layer, head)
         wnorm.append((w.beta.abs() * w.key.norm(dim=-1) * w.value.norm(dim=-1)).cpu())
         vnorm.append((w.key.norm(dim=-1) * w.value.norm(dim=-1)).cpu())
+        wk.append(w.key.detach().float().cpu())
+        wv.append(w.value.detach().float().cpu())
+        wb.append(w.beta.detach().float().cpu())
         vs, ix, ks, vvs = [], [], [], []
         for p0 in range(0, length, 64):
             states = out.cache.states(layer, head, positions[p0 : p0 + 64])  # [B, P, d_k, d_v]
@@ -167,6 +184,7 @@ def scan_site(lens, sae: Any, site: Any, passages: Int[Tensor, "N T"], *, min_po
         value_norm=torch.cat(vnorm),
         min_position=min_position,
         flat_svd=(torch.cat(fk), torch.cat(fv)) if flat_sae is not None else None,
+        write=(torch.cat(wk), torch.cat(wv), torch.cat(wb)),
     )
 
 

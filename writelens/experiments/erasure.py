@@ -6,6 +6,11 @@ The *preferred token* is chosen on the selection half only: ``argmax_v Σ_firing
 On the test half the change ``Δ log p(preferred) = log p_erased − log p_native`` is reported (median with a bootstrap
 CI, mean, Wilcoxon vs 0, ranks). Controls: at non-firing positions add ``m · a* · A_i`` (a* = the median natural
 coefficient) for each control dose, and a dose-response over more magnitudes.
+
+**Noise floor.** Every test firing also runs a null edit (erase, then add back exactly what was erased; or an ``Add``
+of zero; :mod:`writelens.experiments.floor`) measured the same way: ``|Δ log p| ≤ floor_multiple × max |Δ_null|`` is
+below the floor. Below-floor Δs count as ties with zero in the Wilcoxon tests (test half and every dose cell), the
+result counts them, and a :class:`~writelens.errors.NoiseFloorWarning` is raised when most test firings are below.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from writelens.edits import Add, Delete
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin
 from writelens.experiments.common import as_passages, run_rows, scan_site, single_head_sae, site_tuple
+from writelens.experiments.floor import NoiseFloor, NullEdit, below_floor, noise_floor, null_edits
 
 __all__ = ["ErasureOptions", "ErasureResult", "DoseCell", "slot_erasure"]
 
@@ -36,6 +42,8 @@ class ErasureOptions(JsonMixin):
         max_firings / min_position: firing pool cap and first usable position.
         control_doses: m of the non-firing additive control (``n_controls`` positions each).
         dose_response: magnitudes of the dose-response curve (``n_dose`` non-firing positions each).
+        null_edit: the noise floor's null edit at each test firing, ``"restore"`` (erase and add it back) or
+            ``"zero"``; floor_multiple: |Δ log p| ≤ this × the largest null |Δ| is below the floor.
         n_bootstrap, seed, batch_rows, scan_batch, progress: as elsewhere.
     """
 
@@ -48,6 +56,8 @@ class ErasureOptions(JsonMixin):
     n_controls: int = 150
     dose_response: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
     n_dose: int = 50
+    null_edit: NullEdit = "restore"
+    floor_multiple: float = 10.0
     n_bootstrap: int = 2000
     seed: int = 2026
     batch_rows: int = 48
@@ -57,20 +67,23 @@ class ErasureOptions(JsonMixin):
 
 @dataclass
 class DoseCell(JsonMixin):
-    """Δ log p(preferred) at one additive dose on non-firing positions: median (bootstrap CI), mean, Wilcoxon."""
+    """Δ log p(preferred) at one additive dose on non-firing positions: median (bootstrap CI), mean, Wilcoxon
+    (below-floor Δs as zeros), and how many Δs sit below the noise floor."""
 
     magnitude: float
     n: int
     median: st.BootstrapCI
     mean: float
     wilcoxon: st.WilcoxonResult
+    n_below_floor: int | None = None
 
 
 @dataclass
 class ErasureResult(ExperimentResult):
     """Selection: ``preferred_token`` and its selection score (nats summed over the selection half). Test-half
-    columns: ``passage``, ``position``, ``coefficient``, ``delta_logp``, ``rank_native``, ``rank_erased``. Controls
-    and dose-response: :class:`DoseCell` per magnitude."""
+    columns: ``passage``, ``position``, ``coefficient``, ``delta_logp``, ``rank_native``, ``rank_erased``,
+    ``delta_logp_null`` (the null edit). Controls and dose-response: :class:`DoseCell` per magnitude. ``floor``: the
+    :class:`~writelens.experiments.floor.NoiseFloor` of Δ log p (test firings below it, warning)."""
 
     options: ErasureOptions
     layer: int
@@ -92,6 +105,8 @@ class ErasureResult(ExperimentResult):
     test_wilcoxon: st.WilcoxonResult
     controls: list[DoseCell]
     dose_response: list[DoseCell]
+    delta_logp_null: list[float] = field(default_factory=list)
+    floor: NoiseFloor | None = None
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -106,15 +121,24 @@ class ErasureResult(ExperimentResult):
                "seed": self.options.seed}
         for c in self.controls:
             out[f"control_median[m{c.magnitude:g}]"] = c.median.estimate
+        if self.floor is not None:
+            out.update(self.floor.summary())
         return out
 
 
-def _dose_cell(m: float, deltas: list[float], options: ErasureOptions, salt: int) -> DoseCell:
-    d = np.asarray(deltas)
+def _floored(d: np.ndarray, threshold: float) -> np.ndarray:
+    """``d`` with its below-floor entries set to 0 (ties with zero for the Wilcoxon test)."""
+    return np.where(below_floor(d, threshold), 0.0, d)
+
+
+def _dose_cell(m: float, deltas: list[float], options: ErasureOptions, salt: int, threshold: float) -> DoseCell:
+    d = np.asarray(deltas, dtype=np.float64)
     return DoseCell(float(m), int(d.size),
                     st.cluster_bootstrap(d, range(d.size), statistic=np.median, n_resamples=options.n_bootstrap,
                                          seed=options.seed + salt),
-                    float(d.mean()) if d.size else float("nan"), st.paired_wilcoxon(d, np.zeros_like(d)))
+                    float(d.mean()) if d.size else float("nan"),
+                    st.paired_wilcoxon(_floored(d, threshold), np.zeros_like(d)),
+                    int(below_floor(d, threshold).sum()))
 
 
 @torch.no_grad()
@@ -149,6 +173,13 @@ def slot_erasure(lens, sae, site, passages, feature: int, options: ErasureOption
             return [Delete(layer, head, t)]
         return [Add(layer, head, t, matrix=atom, scale=-float(coef[p, t]))]
 
+    wk, wv, wb = scan.write
+
+    def null(p, t):  # erase and add back exactly what was erased (or add zero): mathematically no change
+        if options.null_edit == "restore" and options.mode == "atom_contribution":
+            return erase(p, t) + [Add(layer, head, t, matrix=atom, scale=float(coef[p, t]))]
+        return null_edits(layer, head, t, wk[p, t], wv[p, t], float(wb[p, t]), options.null_edit)
+
     native_logp = torch.log_softmax(scan.logits.double(), -1)  # [N, T, V]
 
     def logp_delta(rows, pts):
@@ -163,7 +194,7 @@ def slot_erasure(lens, sae, site, passages, feature: int, options: ErasureOption
     score = -torch.stack(sel).sum(0) if sel else torch.zeros(scan.logits.shape[-1], dtype=torch.float64)
     preferred = int(score.argmax())
     test = sorted(test, key=tuple)
-    deltas, r_nat, r_er = [], [], []
+    deltas, r_nat, r_er, nulls = [], [], [], []
     if test:
         def reduce_test(i, logits):
             p, t = test[i]
@@ -174,6 +205,10 @@ def slot_erasure(lens, sae, site, passages, feature: int, options: ErasureOption
         out = run_rows(lens, ids, [(p, erase(p, t)) for p, t in test], reduce_test, batch_rows=options.batch_rows,
                        desc="erasure: test", show=options.progress)
         deltas, r_nat, r_er = (list(x) for x in zip(*out, strict=False))
+        nulls = [float(v[preferred]) for v in logp_delta([(p, null(p, t)) for p, t in test], test)]
+    floor = noise_floor(nulls, {"erase": deltas}, multiple=options.floor_multiple, null_edit=options.null_edit,
+                        metric="|delta log p|", what=f"slot erasure L{layer}H{head} feature {feature} "
+                                                     f"({options.mode}, measured at {options.measure})")
 
     def additive(points, m):
         rows = [(p, [Add(layer, head, t, matrix=atom, scale=float(m) * a_star)]) for p, t in points]
@@ -181,9 +216,10 @@ def slot_erasure(lens, sae, site, passages, feature: int, options: ErasureOption
 
     ctrl_pts = sorted(quiet[: options.n_controls], key=tuple)
     dose_pts = sorted(quiet[: options.n_dose], key=tuple)
-    controls = [_dose_cell(m, additive(ctrl_pts, m), options, 11 + k) for k, m in enumerate(options.control_doses)]
-    doses = [_dose_cell(m, additive(dose_pts, m), options, 101 + k) for k, m in enumerate(options.dose_response)]
-    d = np.asarray(deltas)
+    tau = floor.threshold
+    controls = [_dose_cell(m, additive(ctrl_pts, m), options, 11 + k, tau) for k, m in enumerate(options.control_doses)]
+    doses = [_dose_cell(m, additive(dose_pts, m), options, 101 + k, tau) for k, m in enumerate(options.dose_response)]
+    d = np.asarray(deltas, dtype=np.float64)
     return ErasureResult(
         options=options, layer=layer, head=head, feature=int(feature), n_firings=len(firing), n_selection=n_sel,
         median_activation=a_star, preferred_token=preferred, selection_score=float(score[preferred]),
@@ -191,8 +227,12 @@ def slot_erasure(lens, sae, site, passages, feature: int, options: ErasureOption
         delta_logp=deltas, rank_native=r_nat, rank_erased=r_er,
         test_median=st.cluster_bootstrap(d, range(d.size), statistic=np.median, n_resamples=options.n_bootstrap,
                                          seed=options.seed),
-        test_mean=float(d.mean()) if d.size else float("nan"), test_wilcoxon=st.paired_wilcoxon(d, np.zeros_like(d)),
-        controls=controls, dose_response=doses, elapsed_s=time.perf_counter() - started,
+        test_mean=float(d.mean()) if d.size else float("nan"),
+        test_wilcoxon=st.paired_wilcoxon(_floored(d, tau), np.zeros_like(d)),
+        controls=controls, dose_response=doses, delta_logp_null=nulls, floor=floor,
+        elapsed_s=time.perf_counter() - started,
         notes=["preferred token chosen on the selection half only; statistics on the disjoint test half",
-               "bootstrap of the median resamples firings (each its own cluster)"],
+               "bootstrap of the median resamples firings (each its own cluster)",
+               f"noise floor: {options.null_edit} null edit at every test firing; |delta log p| <= threshold is "
+               "below the floor and a tie with 0 in the Wilcoxon tests"] + ([floor.warning] if floor.warning else []),
     )

@@ -11,6 +11,10 @@ active feature — the native write ``β_t k̂_t v_tᵀ`` is replaced, with the 
 
 The effect is ``KL(p_native ‖ p_edited)`` (float64 log-softmax) at the last position of the passage (or the next
 token, or the mean over every position from t on). Many firings run per forward, one firing per batch row.
+
+Every firing also runs a **null edit** (``Delete`` + re-``Add`` of the native write, or an ``Add`` of zero; see
+:mod:`writelens.experiments.floor`) through the same path: ``floor_multiple`` × its largest KL is the noise floor.
+A comparison whose two KLs both sit below it is a tie and is left out of the rates; most firings tied warns.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from writelens.experiments.common import (
     scan_site,
     single_head_sae,
     site_tuple,
+    unreachable,
 )
+from writelens.experiments.floor import TIE_RULE, NoiseFloor, NullEdit, below_floor, noise_floor, null_edits
 
 __all__ = ["ReplacementOptions", "ReplacementStats", "ReplacementResult", "MedianSE", "replacement_test",
            "replacement_stats"]
@@ -65,6 +71,9 @@ class ReplacementOptions(JsonMixin):
         cap_per_atom: population mode: at most this many firings per feature (None: no cap).
         min_firings_per_atom: atoms with fewer firings are left out of the per-atom population mean.
         baseline: ``"none"`` or ``"flat_svd"`` (needs ``flat_sae=``).
+        null_edit: the null edit run at every firing for the noise floor: ``"restore"`` (delete the write and add it
+            back) or ``"zero"`` (add a zero matrix). floor_multiple: KLs ≤ this × the largest null KL are below the
+            floor (ties when both compared KLs are).
         n_bootstrap: cluster-bootstrap resamples. seed: firing choice, random atoms, bootstrap.
         batch_rows: edited rows per forward. scan_batch: passages per native pass. progress: tqdm bars.
     """
@@ -82,6 +91,8 @@ class ReplacementOptions(JsonMixin):
     cap_per_atom: int | None = None
     min_firings_per_atom: int = 5
     baseline: Literal["none", "flat_svd"] = "none"
+    null_edit: NullEdit = "restore"
+    floor_multiple: float = 10.0
     n_bootstrap: int = 2000
     seed: int = 2026
     batch_rows: int = 48
@@ -107,6 +118,11 @@ class ReplacementStats(JsonMixin):
     ``bootstrap_by_passage``: cluster-bootstrap CIs of the win rate; ``wilcoxon``: atom vs delete;
     ``cliffs_delta``: δ(KL_delete, KL_atom) (positive: the atom's KL is smaller); ``population``: per-atom win rates
     (atoms with ≥ ``min_firings_per_atom``); ``flat_svd_win_rate``: P(KL_flat_svd < KL_delete).
+
+    Ties (both compared KLs below the noise floor, :mod:`writelens.experiments.floor`) are left out of every rate,
+    bootstrap and the population (their ``n`` counts decided firings only); ``ties`` counts them per rate
+    (``win_rate``, ``strict_chain``, ``atom_beats_random``, ``flat_svd_win_rate``). Medians, ratios, the Wilcoxon
+    test and Cliff's δ use every firing.
     """
 
     n_firings: int
@@ -124,6 +140,8 @@ class ReplacementStats(JsonMixin):
     cliffs_delta: float
     population: st.PopulationMean
     flat_svd_win_rate: st.Interval | None = None
+    ties: dict[str, int] = field(default_factory=dict)
+    tie_rule: str = ""
 
 
 @dataclass
@@ -131,7 +149,8 @@ class ReplacementResult(ExperimentResult):
     """Per-firing KLs and their statistics. Columns (one entry per firing): ``passage``, ``position``,
     ``feature`` (the firing feature), ``atom`` (the substituted atom), ``coefficient`` (the atom's coefficient),
     ``scale`` (‖substituted atom‖_F), ``native_norm`` (‖β k̂ vᵀ‖_F), ``random_seed``, ``random_atom`` (alive-atom
-    control, else −1) and ``kl_atom`` / ``kl_delete`` / ``kl_random`` / ``kl_flat_svd``."""
+    control, else −1) and ``kl_atom`` / ``kl_delete`` / ``kl_random`` / ``kl_flat_svd`` / ``kl_null`` (the null
+    edit). ``floor``: the :class:`~writelens.experiments.floor.NoiseFloor` (threshold, firings below it, ties)."""
 
     options: ReplacementOptions
     layer: int
@@ -153,6 +172,8 @@ class ReplacementResult(ExperimentResult):
     kl_random: list[float]
     kl_flat_svd: list[float] | None
     stats: ReplacementStats
+    kl_null: list[float] = field(default_factory=list)
+    floor: NoiseFloor | None = None
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -175,35 +196,53 @@ class ReplacementResult(ExperimentResult):
         }
         if s.flat_svd_win_rate is not None:
             out["flat_svd_win_rate"] = s.flat_svd_win_rate.estimate
+        if self.floor is not None:
+            out.update(self.floor.summary(), timing=self.options.timing)
         return out
 
 
 def replacement_stats(kl_atom, kl_delete, kl_random, features, passages, *, kl_flat_svd=None, n_bootstrap: int = 2000,
-                      seed: int = 2026, min_firings_per_atom: int = 5) -> ReplacementStats:
-    """Every statistic of :class:`ReplacementStats` from per-firing KLs and cluster labels."""
+                      seed: int = 2026, min_firings_per_atom: int = 5, floor_threshold: float | None = None,
+                      unreachable=None) -> ReplacementStats:
+    """Every statistic of :class:`ReplacementStats` from per-firing KLs [n] and cluster labels [n].
+
+    ``floor_threshold`` (τ) and ``unreachable`` (bool [n]) define ties (both compared KLs ≤ τ, or unreachable);
+    None: no floor, no ties.
+    """
     a, d, r = (np.asarray(x, dtype=np.float64) for x in (kl_atom, kl_delete, kl_random))
-    win = (a < d).astype(np.float64)
     conds = {"atom": a, "delete": d, "random": r}
     if kl_flat_svd is not None:
         conds["flat_svd"] = np.asarray(kl_flat_svd, dtype=np.float64)
+    tau = float("nan") if floor_threshold is None else float(floor_threshold)
+    low = {k: below_floor(v, tau, unreachable) for k, v in conds.items()}
+    tie = {"win_rate": low["atom"] & low["delete"], "atom_beats_random": low["atom"] & low["random"]}
+    tie["strict_chain"] = tie["win_rate"] | (low["delete"] & low["random"])
+    if "flat_svd" in conds:
+        tie["flat_svd_win_rate"] = low["flat_svd"] & low["delete"]
+    keep = ~tie["win_rate"]
+    win = (a < d)[keep].astype(np.float64)
+    feats, psgs = np.asarray(features)[keep].tolist(), np.asarray(passages)[keep].tolist()
     safe = np.where(a > 0, a, np.nan)
     return ReplacementStats(
         n_firings=int(a.size),
         n_atoms=len(set(features)),
         n_passages=len(set(passages)),
         win_rate=st.proportion(win),
-        strict_chain=st.proportion((a < d) & (d < r)),
-        atom_beats_random=st.proportion(a < r),
+        strict_chain=st.proportion(((a < d) & (d < r))[~tie["strict_chain"]]),
+        atom_beats_random=st.proportion((a < r)[~tie["atom_beats_random"]]),
         medians={k: MedianSE(*st.median_mad(v)) for k, v in conds.items()},
         ratio_of_medians={k: st.ratio_of_medians(v, a) for k, v in conds.items() if k != "atom"},
         median_ratio={k: float(np.nanmedian(v / safe)) if np.isfinite(v / safe).any() else float("nan")
                       for k, v in conds.items() if k != "atom"},
-        bootstrap_by_atom=st.cluster_bootstrap(win, features, n_resamples=n_bootstrap, seed=seed),
-        bootstrap_by_passage=st.cluster_bootstrap(win, passages, n_resamples=n_bootstrap, seed=seed + 1),
+        bootstrap_by_atom=st.cluster_bootstrap(win, feats, n_resamples=n_bootstrap, seed=seed),
+        bootstrap_by_passage=st.cluster_bootstrap(win, psgs, n_resamples=n_bootstrap, seed=seed + 1),
         wilcoxon=st.paired_wilcoxon(a, d),
         cliffs_delta=st.cliffs_delta(d, a),
-        population=st.per_atom_population(win, features, min_firings=min_firings_per_atom),
-        flat_svd_win_rate=st.proportion(conds["flat_svd"] < d) if "flat_svd" in conds else None,
+        population=st.per_atom_population(win, feats, min_firings=min_firings_per_atom),
+        flat_svd_win_rate=(st.proportion((conds["flat_svd"] < d)[~tie["flat_svd_win_rate"]])
+                           if "flat_svd" in conds else None),
+        ties={k: int(v.sum()) for k, v in tie.items()},
+        tie_rule=TIE_RULE if floor_threshold is not None else "no floor given: no ties",
     )
 
 
@@ -292,7 +331,8 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
     atom_norm = atoms.matrix().flatten(1).norm(dim=-1) if atoms is not None else None
     alive = torch.unique(scan.indices[scan.values > 0]).tolist()
     rng = np.random.default_rng(options.seed + 7)
-    conditions = ["atom", "delete", "random"] + (["flat_svd"] if options.baseline == "flat_svd" else [])
+    conditions = ["atom", "delete", "random"] + (["flat_svd"] if options.baseline == "flat_svd" else []) + ["null"]
+    wk, wv, wb = scan.write
     rows, meta = [], []
     for i, (p, t, _feature, atom, coef) in enumerate(firings):
         timing = options.timing
@@ -312,6 +352,7 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
         if options.baseline == "flat_svd":
             fk, fv = scan.flat_svd
             rows.append((p, [Replace(layer, head, t, key=fk[p, t], value=fv[p, t], scale=None, timing=timing)]))
+        rows.append((p, null_edits(layer, head, t, wk[p, t], wv[p, t], float(wb[p, t]), options.null_edit, timing)))
         native = float(scan.write_norm[p, t])
         meta.append((scale if scale is not None else native, native, seed, random_atom))
 
@@ -324,9 +365,15 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
     by_cond = {c: kls[k :: len(conditions)] for k, c in enumerate(conditions)}
     feats = [f[2] for f in firings]
     psg = [f[0] for f in firings]
+    unreach = unreachable([f[1] for f in firings], length, options.kl_position, options.timing)
+    floor = noise_floor(by_cond["null"], {c: by_cond[c] for c in conditions if c != "null"},
+                        multiple=options.floor_multiple, null_edit=options.null_edit, metric="KL",
+                        headline=("atom", "delete"), unreachable=unreach,
+                        what=f"replacement test L{layer}H{head} ({options.timing}, KL at {options.kl_position})")
     stats = replacement_stats(by_cond["atom"], by_cond["delete"], by_cond["random"], feats, psg,
                               kl_flat_svd=by_cond.get("flat_svd"), n_bootstrap=options.n_bootstrap, seed=options.seed,
-                              min_firings_per_atom=options.min_firings_per_atom)
+                              min_firings_per_atom=options.min_firings_per_atom, floor_threshold=floor.threshold,
+                              unreachable=unreach)
     cfg = sae.cfg
     return ReplacementResult(
         options=options, layer=layer, head=head, n_passages=n, passage_length=length,
@@ -336,7 +383,9 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
         coefficient=[f[4] for f in firings], scale=[m[0] for m in meta], native_norm=[m[1] for m in meta],
         random_seed=[m[2] for m in meta], random_atom=[m[3] for m in meta],
         kl_atom=by_cond["atom"], kl_delete=by_cond["delete"], kl_random=by_cond["random"],
-        kl_flat_svd=by_cond.get("flat_svd"), stats=stats, elapsed_s=time.perf_counter() - started,
+        kl_flat_svd=by_cond.get("flat_svd"), stats=stats, kl_null=by_cond["null"], floor=floor,
+        elapsed_s=time.perf_counter() - started,
         notes=["KL in float64 log-softmax; one firing per (passage, position); random atoms seeded per firing as "
-               "seed*1000003+i"],
+               "seed*1000003+i", f"noise floor: {options.null_edit} null edit at every firing; {TIE_RULE}"]
+        + ([floor.warning] if floor.warning else []),
     )
