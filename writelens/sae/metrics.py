@@ -7,17 +7,21 @@
   scalar variance of all entries).
 - ``l0``: mean number of nonzero coefficients per state.
 - ``dead_fraction``: fraction of features that never fire on the whole set.
+- ``n_dense`` / ``n_bias_dominated``: features firing on more than half the states, and features whose activation
+  is mostly their encoder bias (see :mod:`writelens.sae.health`; summed over heads). ``health`` holds the
+  per-feature :class:`~writelens.sae.health.FeatureHealth`.
 For a stacked SAE each is the mean over heads; ``per_head`` holds the per-head values.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from writelens.sae.base import SAE
 from writelens.sae.data import StateDataset
+from writelens.sae.health import DENSE_THRESHOLD, FeatureHealth, HealthAccumulator
 
 
 @dataclass
@@ -30,15 +34,19 @@ class EvalMetrics:
     l0: float
     dead_fraction: float
     n_states: int
+    n_dense: int = 0
+    n_bias_dominated: int = 0
     per_head: dict[str, list[float]] = field(default_factory=dict)
+    health: FeatureHealth | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self, prefix: str = "") -> dict[str, float]:
-        data = {k: v for k, v in asdict(self).items() if k != "per_head"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("per_head", "health")}
         return {f"{prefix}{k}": v for k, v in data.items()}
 
 
 @torch.no_grad()
-def evaluate_sae(sae: SAE, data: StateDataset, batch_size: int = 1024, device: str | torch.device | None = None) -> EvalMetrics:
+def evaluate_sae(sae: SAE, data: StateDataset, batch_size: int = 1024, device: str | torch.device | None = None,
+                 dense_threshold: float = DENSE_THRESHOLD) -> EvalMetrics:
     """Evaluate ``sae`` (in eval mode; its training mode is restored) on every state of ``data``."""
     device = device or sae.b_dec.device
     was_training = sae.training
@@ -49,6 +57,7 @@ def evaluate_sae(sae: SAE, data: StateDataset, batch_size: int = 1024, device: s
     sum_l0 = torch.zeros_like(sum_sq_err)
     sum_x = sum_xx = None
     fired = torch.zeros(n_heads, sae.cfg.n_features, dtype=torch.bool, device=device)
+    health = HealthAccumulator(sae, dense_threshold)
     count = 0
     try:
         for batch in data.iter_batches(batch_size):
@@ -63,6 +72,7 @@ def evaluate_sae(sae: SAE, data: StateDataset, batch_size: int = 1024, device: s
             codes = out.codes.reshape(batch.shape[0], n_heads, -1)
             sum_l0 += (codes > 0).sum((0, 2)).double()
             fired |= (codes > 0).any(0)
+            health.add(out.codes, out.pre_acts)
             count += batch.shape[0]
     finally:
         sae.train(was_training)
@@ -79,4 +89,8 @@ def evaluate_sae(sae: SAE, data: StateDataset, batch_size: int = 1024, device: s
         "dead_fraction": (1.0 - fired.double().mean(1)).tolist(),
     }
     means = {name: sum(values) / n_heads for name, values in per_head.items()}
-    return EvalMetrics(**means, n_states=count, per_head=per_head)
+    result = health.result()
+    per_head["n_dense"] = result.dense.sum(1).tolist()
+    per_head["n_bias_dominated"] = result.bias_dominated.sum(1).tolist()
+    return EvalMetrics(**means, n_states=count, n_dense=result.n_dense, n_bias_dominated=result.n_bias_dominated, per_head=per_head,
+                       health=result)

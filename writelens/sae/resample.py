@@ -10,6 +10,11 @@ reconstructs worst: states are drawn with probability proportional to their squa
   reference scaled both factors by 0.2, i.e. the form by 0.04);
 - the encoder bias (and a JumpReLU log-threshold: to the live mean) is reset, the dead counter zeroed, and
   Adam's moments of those feature rows cleared.
+
+With ``dense_threshold`` set, features active on more than that share of the batch (dense: a constant feature
+acting as a second decoder bias, see :mod:`writelens.sae.health`) are resampled the same way, and with
+``centre_biases`` the encoder bias of every re-pointed feature is set so that its pre-activation at the batch
+mean is 0 (instead of the bias being 0: on uncentred states the form alone is then far from 0 at the mean).
 """
 
 from __future__ import annotations
@@ -18,20 +23,29 @@ import torch
 from torch import Tensor
 
 from writelens.sae.base import SAE
+from writelens.sae.health import centre_encoder_biases
 
 
 @torch.no_grad()
 def resample_dead_features(
-    sae: SAE, states: Tensor, optimizer: torch.optim.Optimizer | None, generator: torch.Generator, dead_window: int
+    sae: SAE, states: Tensor, optimizer: torch.optim.Optimizer | None, generator: torch.Generator, dead_window: int,
+    dense_threshold: float | None = None, centre_biases: bool = False,
 ) -> int:
-    """Resample dead features of ``sae`` from a batch of ``states`` (its public layout); returns how many."""
+    """Resample dead (and, with ``dense_threshold``, dense) features of ``sae`` from a batch of ``states`` (its
+    public layout ``[B, (H), d_k, d_v]``); returns how many."""
     dead = sae.heads_first(sae.dead_mask(dead_window))
-    if not bool(dead.any()):
+    if dense_threshold is None and not bool(dead.any()):
         return 0
     was_training = sae.training
     sae.eval()
     out = sae(states)
     sae.train(was_training)
+    if dense_threshold is not None:
+        n_heads = dead.shape[0]
+        codes = out.codes.reshape(-1, n_heads, sae.cfg.n_features)
+        dead = dead | ((codes > 0).double().mean(0) > dense_threshold)
+        if not bool(dead.any()):
+            return 0
     _, heads = sae._to_heads(states)
     _, recon = sae._to_heads(out.recon)
     residual = (heads - recon).float()
@@ -56,6 +70,10 @@ def resample_dead_features(
         if optimizer is not None:
             _clear_optimizer_rows(sae, optimizer, head, chosen)
         total += n_new
+        if centre_biases:
+            mask = torch.zeros_like(dead)
+            mask[head, chosen] = True
+            centre_encoder_biases(sae, heads.mean(1), mask)
     return total
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,13 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from writelens.errors import CheckpointError, SAEConfigError
+from writelens.errors import CheckpointError, FeatureHealthWarning, SAEConfigError
 from writelens.sae.base import SAE
 from writelens.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from writelens.sae.config import Objective
 from writelens.sae.data import StateDataset
 from writelens.sae.files import atomic_write_bytes, save_sae
+from writelens.sae.health import FeatureHealth, feature_health, init_biases_from_data
 from writelens.sae.metrics import EvalMetrics, evaluate_sae
 from writelens.sae.resample import resample_dead_features
 
@@ -56,6 +58,17 @@ class TrainConfig:
         renorm_every: set decoder factors to unit norm every this many steps (0: never).
         project_decoder_grads: remove the gradient component parallel to each decoder factor.
         resample_every: resample dead features every this many steps (None: never).
+        dense_threshold: at each resample, features active on more than this share of the batch count as dead
+            and are resampled too (None: only dead ones). Dense features are also counted in the log records
+            (``n_dense``, on the batch) and in the evaluations (``val_n_dense``, ``val_n_bias_dominated``); the
+            end of training warns (:class:`~writelens.errors.FeatureHealthWarning`) when any remain.
+        init_from_data: on a fresh SAE (all biases 0), start the decoder bias at the training mean (``center``
+            SAEs: their stored mean) and every encoder bias where the feature's pre-activation at that mean is
+            ``encoder_bias_init``; resampled features are re-centred the same way. With both this and
+            ``dense_threshold`` off the recipe is the reference's (zero biases), which on states with a large
+            shared mean can grow a constant feature (see :mod:`writelens.sae.health`).
+        encoder_bias_init: the pre-activation of every feature at the mean state after that init (0, or
+            slightly negative).
         adam_betas, adam_eps: Adam settings (no weight decay; fused Adam where available).
         eval_batch_size, device, wandb_project (log to wandb if installed), progress (tqdm bar).
     """
@@ -79,6 +92,9 @@ class TrainConfig:
     renorm_every: int = 1
     project_decoder_grads: bool = True
     resample_every: int | None = None
+    dense_threshold: float | None = 0.5
+    init_from_data: bool = True
+    encoder_bias_init: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     eval_batch_size: int = 1024
@@ -104,7 +120,9 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train_sae` returns. ``history`` holds the logged records (also in ``train_log.jsonl``)."""
+    """What :func:`train_sae` returns. ``history`` holds the logged records (also in ``train_log.jsonl``);
+    ``health`` the per-feature firing statistics at the end (validation split, else a training sample) and
+    ``warnings`` one line per problem found there (dense or bias-dominated features), also warned and logged."""
 
     sae: SAE
     steps: int
@@ -112,6 +130,8 @@ class TrainResult:
     best_val: EvalMetrics | None
     history: list[dict[str, Any]]
     out_dir: Path | None
+    health: FeatureHealth | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -168,7 +188,11 @@ class Trainer:
         self.best_val: EvalMetrics | None = None
         self.history: list[dict[str, Any]] = []
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        if sae.cfg.center and not bool(sae.mean.abs().sum() > 0):
+        fresh = not bool(sae.b_enc.detach().abs().sum() > 0) and not bool(sae.b_dec.detach().abs().sum() > 0)
+        if cfg.init_from_data and fresh:
+            has_mean = sae.cfg.center and bool(sae.mean.abs().sum() > 0)  # a mean the caller set is kept
+            init_biases_from_data(sae, sae.mean if has_mean else train_data.mean(), cfg.encoder_bias_init)
+        elif sae.cfg.center and not bool(sae.mean.abs().sum() > 0):
             sae.set_mean(train_data.mean())
         if self.out_dir is not None:
             self._prepare_out_dir(resume)
@@ -242,7 +266,8 @@ class Trainer:
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
             full_batch = self.train_data.batch(step, cfg.batch_size, cfg.seed).to(self.device)
             self.resampled_since_log += resample_dead_features(
-                self.sae, full_batch, self.optimizer, self.generator, cfg.dead_window
+                self.sae, full_batch, self.optimizer, self.generator, cfg.dead_window, cfg.dense_threshold,
+                centre_biases=cfg.init_from_data,
             )
         self.step += 1
         if self.step % cfg.log_every and self.step != self.total_steps:
@@ -268,6 +293,8 @@ class Trainer:
             "fve": float(1 - err / variance),
             "l0": float((out.codes > 0).sum(-1).double().mean()),
             "dead_fraction": float(self.sae.dead_mask(self.cfg.dead_window).double().mean()),
+            "n_dense": int(((out.codes.reshape(batch.shape[0], -1) > 0).double().mean(0)
+                            > (self.cfg.dense_threshold or 0.5)).sum()),
             "resampled": resampled,
         }
 
@@ -300,11 +327,33 @@ class Trainer:
             for callback in self.callbacks:
                 callback(self)
         bar.close()
-        if self.step == self.total_steps and self.out_dir is not None and self.rank == 0:
-            save_sae(self.sae, self.out_dir / "final")
+        health, problems = None, []
+        if self.step == self.total_steps and self.rank == 0:
+            health, problems = self._check_health(final_val)
+            if self.out_dir is not None:
+                save_sae(self.sae, self.out_dir / "final")
         if wandb is not None:
             wandb.finish()
-        return TrainResult(self.sae, self.step, final_val, self.best_val, self.history, self.out_dir)
+        return TrainResult(self.sae, self.step, final_val, self.best_val, self.history, self.out_dir, health, problems)
+
+    def _check_health(self, final_val: EvalMetrics | None) -> tuple[FeatureHealth, list[str]]:
+        """Feature health at the end (the last evaluation's, else on up to 4,096 training states); a warning,
+        and a ``warning`` line in the last log record, when dense or bias-dominated features remain."""
+        threshold = self.cfg.dense_threshold or 0.5
+        health = final_val.health if final_val is not None and final_val.health is not None else None
+        if health is None:
+            n = min(len(self.train_data), 4096)
+            sample = self.train_data.batch(0, n, self.cfg.seed) if n else None
+            if sample is None:
+                return None, []
+            health = feature_health(self.sae, sample.to(self.device), self.cfg.eval_batch_size, threshold)
+        line = health.warning()
+        if line is None:
+            return health, []
+        warnings.warn(line, FeatureHealthWarning, stacklevel=3)
+        if self.history:
+            self.history[-1]["warning"] = line
+        return health, [line]
 
     def _evaluate_and_keep_best(self, record: dict[str, Any] | None) -> EvalMetrics | None:
         if self.rank != 0:
