@@ -261,7 +261,11 @@ def main(argv: list[str] | None = None) -> dict:
         "model": description, "site": f"L{cfg.layer}H{cfg.head}", "config": to_jsonable(asdict(cfg)),
         "sae": {"architecture": "bilinear", "n_features": cfg.n_features, "k": cfg.k, "rank": rank,
                 "steps": trained.steps,
-                "val": val.to_dict() if val is not None else None, "n_states": len(data)},
+                "val": val.to_dict() if val is not None else None, "n_states": len(data),
+                "health": {"n_dense": trained.health.n_dense, "n_bias_dominated": trained.health.n_bias_dominated,
+                           "n_never_fired": trained.health.n_dead, "n_states": trained.health.n_states,
+                           "max_fire_rate": float(trained.health.fire_rate.max()), "warnings": trained.warnings}
+                if trained.health is not None else None},
         "replacement": rep.summary(), "replacement_next_token": rep_next.summary(),
         "replacement_population": rep_pop.summary(), "attribution": att.summary(),
         "attribution_r2_by_epsilon": {"exact": att.stats_exact.r2_by_epsilon,
