@@ -184,6 +184,9 @@ def _replace_test(
         if result.kl_flat_svd:
             figures["atom vs flat_svd"] = plot.kl_scatter(result, "flat_svd")
         figures["KL ratios"] = plot.kl_ratio_density(result)
+        figures["KL per condition and noise floor"] = plot.kl_histogram(result)
+        if result.floor is not None and result.floor.warning:
+            typer.echo(f"warning: {result.floor.warning}", err=True)
     else:
         typer.echo("warning: no firings (no feature of the SAE is active at the chosen positions); no figure.",
                    err=True)

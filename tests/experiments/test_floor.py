@@ -164,3 +164,13 @@ def test_gdn_tiny_floor_with_read_vs_after_read():
     assert wr.floor.below["delete"] < 0.2 * 60 and wr.floor.n_ties < 0.2 * 60
     assert ar.floor.below["delete"] > 0.5 * 60 and ar.floor.n_ties > 0.5 * 60
     assert ar.stats.win_rate.n == 60 - ar.floor.n_ties
+
+
+def test_cli_exposes_the_floor_options():
+    from typer.testing import CliRunner
+
+    from writelens.cli import app
+
+    res = CliRunner().invoke(app, ["replace-test", "--help"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "--null-edit" in text and "[restore|zero]" in text and "--floor-multiple" in text

@@ -10,7 +10,8 @@ records the options and seeds and has ``.to_json()`` / ``.from_json()`` / ``.sum
 ``feature_card``                   top contexts, activation histogram and promoted tokens of one feature
 =================================  ===================================================================================
 
-Statistics live in :mod:`writelens.experiments.stats`; plots in :mod:`writelens.plot`.
+Statistics live in :mod:`writelens.experiments.stats`; null-edit noise floors (ties, the floor warning) in
+:mod:`writelens.experiments.floor`; plots in :mod:`writelens.plot`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ _LAZY = {
     "AmplifyOptions": "amplify", "AmplifyResult": "amplify", "feature_amplification": "amplify",
     "tokens_matching": "amplify",
     "FeatureCard": "features", "feature_card": "features",
-    "stats": None, "common": None, "base": None,
+    "NoiseFloor": "floor",
+    "stats": None, "common": None, "base": None, "floor": None,
 }
 
 __all__ = sorted(_LAZY)
