@@ -6,7 +6,9 @@ trains on tensors and on extraction shards.
 - :func:`load_sae` / ``SAE.from_pretrained`` (imported here, :mod:`writelens.sae.io` hands ``from_pretrained`` and
   ``push_to_hub`` down to the base class, which sits below io and the registry) / ``sae.save`` / ``sae.push_to_hub``.
 - Data: :mod:`writelens.sae.shards` (the on-disk format), :mod:`writelens.sae.data` (datasets).
-- Training: :mod:`writelens.sae.train` (:class:`TrainConfig`, :func:`train_sae`).
+- Training: :mod:`writelens.sae.train` (:class:`TrainConfig`, :func:`train_sae`); its default recipe starts the
+  biases from the data mean and resamples dense features, and :mod:`writelens.sae.health` reports dense and
+  bias-dominated (constant) features (:func:`feature_health`).
 - The paper's released checkpoints: :mod:`writelens.sae.reference`.
 """
 
@@ -34,6 +36,8 @@ _LAZY = {
     "ShardReader": ("writelens.sae.shards", "ShardReader"),
     "load_reference_sae": ("writelens.sae.reference", "load_reference_sae"),
     "evaluate_sae": ("writelens.sae.metrics", "evaluate_sae"),
+    "feature_health": ("writelens.sae.health", "feature_health"),
+    "FeatureHealth": ("writelens.sae.health", "FeatureHealth"),
 }
 
 __all__ = [
