@@ -6,6 +6,8 @@ figures (HTML) and ``summary.json``.
     python examples/main_job.py --model rwkv7-tiny  # the same on the RWKV-7 zoo model (needs rwkv7-hf; rank-2 SAE)
     python examples/main_job.py --random            # no zoo model: a random-init model of the same shape (smoke run)
     python examples/main_job.py --random --quick    # a tiny model and tiny budget (seconds; used by the tests)
+    python examples/main_job.py --model gdn-mqar    # an associative-recall organism: the known-answer table
+                                                    # (also mamba2-mqar, rwkv7-mqar; docs "Known answers")
 
 Outputs in ``--out`` (default ``runs/main_job``): ``summary.json`` (headline numbers, options, seeds, step times),
 one JSON per experiment, ``report.html`` (every figure, standalone) and ``figures/*.html``.
@@ -79,6 +81,32 @@ SITES = {"gdn-tiny": (4, 1), "mamba2-tiny": (4, 0), "rwkv7-tiny": (4, 0)}  # rwk
 #: rank of the WriteSAE's atoms per model (default 1). RWKV-7's transition is diagonal plus rank 1, so its writes
 #: are read back through a rank-1 erase; the method uses rank-2 atoms there.
 SAE_RANK = {"rwkv7-tiny": 2}
+
+
+ORGANISMS = ("gdn-mqar", "mamba2-mqar", "rwkv7-mqar")
+
+
+def organism_job(args) -> dict:
+    """The known-answer experiments on an associative-recall organism: each figure beside the value it must reach
+    (mechanism map by deletion, transplant of the model's own write, slot erasure with random controls)."""
+    from writelens.experiments.known_answers import KnownAnswersOptions, known_answers
+
+    torch.set_num_threads(args.threads or 1)
+    out = Path(args.out or f"runs/main_job_{args.model}")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model, _ = wl.zoo.load(args.model)
+    lens = wl.WriteLens(model)
+    opts = KnownAnswersOptions(n_passages=16 if args.quick else 64, progress=not args.no_progress)
+    res = known_answers(lens, wl.zoo.task(args.model), opts)
+    res.to_json(out / "known_answers.json")
+    summary = {"model": args.model, "known_answers": res.summary(), "passes": res.passes,
+               "seconds": round(time.perf_counter() - started, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"{args.model}: known answers ({summary['seconds']} s)\n{res.table()}\n"
+          f"{'all figures reach their bars' if res.passes else 'some figures miss their bars (see docs: Known answers)'}"
+          f"\nwritten: {out / 'summary.json'}, {out / 'known_answers.json'}")
+    return summary
 
 
 def load_model(name: str, random: bool, quick: bool):
@@ -156,7 +184,8 @@ def random_rwkv7(quick: bool):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gdn-tiny", choices=sorted(SITES), help="zoo model (default gdn-tiny)")
+    parser.add_argument("--model", default="gdn-tiny", choices=sorted(SITES) + list(ORGANISMS),
+                        help="zoo model (default gdn-tiny); *-mqar: an organism's known-answer table")
     parser.add_argument("--out", default=None, help="output folder (default runs/main_job, or runs/main_job_<model>)")
     parser.add_argument("--random", action="store_true", help="random-init model (no zoo model needed)")
     parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test)")
@@ -166,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch intra-op threads (default 1: on a shared 2-core machine more threads only stall)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.model in ORGANISMS:
+        return organism_job(args)
     cfg = MainJobConfig(**(QUICK if args.quick else {}))
     if not args.quick:
         cfg.layer, cfg.head = SITES[args.model]

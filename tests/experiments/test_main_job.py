@@ -34,3 +34,18 @@ def test_main_job_quick_random(tmp_path, model):
     assert ReplacementResult.from_json(tmp_path / "replacement.json").stats.n_firings == 40
     assert (tmp_path / "report.html").stat().st_size > 1_000_000
     assert len(list((tmp_path / "figures").glob("*.html"))) == 11
+
+
+def test_main_job_organism_prints_known_answers(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("main_job", ROOT / "examples" / "main_job.py")
+    job = importlib.util.module_from_spec(spec)
+    sys.modules["main_job"] = job
+    spec.loader.exec_module(job)
+    summary = job.main(["--model", "gdn-mqar", "--quick", "--out", str(tmp_path), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert summary["passes"] and "all figures reach their bars" in printed
+    assert "| mechanism map | target recall drop" in printed and "16 passages" in printed
+    from writelens.experiments.known_answers import KnownAnswers
+
+    res = KnownAnswers.from_json(tmp_path / "known_answers.json")
+    assert res.mechanism.located == [(0, 0, 1)] and res.table() in printed

@@ -42,6 +42,7 @@ __all__ = [
     "path",
     "load",
     "load_tokenizer",
+    "task",
     "metrics",
     "entry",
     "saes",
@@ -111,7 +112,9 @@ def load(
         device: where to put the model.
 
     Returns:
-        the model in eval mode, and its tokenizer (adds no BOS/EOS; ids ``[B, T]`` → logits ``[B, T, 4096]``).
+        the model in eval mode, and its tokenizer (adds no BOS/EOS; ids ``[B, T]`` → logits ``[B, T, 4096]``);
+        for the associative-recall organisms (``*-mqar``) the tokenizer is ``None``: their ids are the task's
+        (:func:`task`).
 
     Raises:
         ZooModelNotFoundError: ``name`` is not a zoo model; the message lists the valid names.
@@ -124,7 +127,20 @@ def load(
     loader = AutoModelForCausalLM if e.module == "transformers" else e.model_cls()
     folder = path(name)
     model = loader.from_pretrained(str(folder), dtype=dtype).to(device).eval()
-    return model, load_tokenizer(name)
+    return model, (None if e.task == "mqar" else load_tokenizer(name))
+
+
+def task(name: str) -> Any:
+    """The :class:`~writelens.tasks.mqar.MQARConfig` an associative-recall organism (``gdn-mqar``,
+    ``mamba2-mqar``, ``rwkv7-mqar``) was trained on; draw passages with ``writelens.tasks.mqar.make_batch``.
+    Raises :class:`~writelens.errors.ZooModelNotFoundError` for a model that is not an organism."""
+    from ..tasks.mqar import MQARConfig
+
+    if entry(name).task != "mqar":
+        organisms = ", ".join(n for n, x in ENTRIES.items() if x.task == "mqar")
+        raise ZooModelNotFoundError(f"{name!r} is a language model, not an associative-recall organism; those "
+                                    f"are: {organisms}.")
+    return MQARConfig.from_json((path(name) / "task.json").read_text())
 
 
 def saes(name: str) -> list[tuple[int, int]]:

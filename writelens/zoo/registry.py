@@ -105,6 +105,22 @@ def _rwkv7_init(model: Any) -> None:
     init_rwkv7(model)
 
 
+def _gdn_mqar_init(model: Any) -> None:
+    from .organisms import gdn_init
+
+    gdn_init(model)
+
+
+def _organism_config(name: str) -> Callable[[int], PretrainedConfig]:
+    def build(vocab_size: int) -> PretrainedConfig:
+        from . import organisms
+
+        return getattr(organisms, f"{name}_mqar_config")(vocab_size)
+
+    build.__name__ = f"{name}_mqar_config"
+    return build
+
+
 def _rwkv7_chunked() -> AbstractContextManager[None]:
     from .rwkv7 import chunked_recurrence
 
@@ -131,6 +147,9 @@ class ZooEntry:
     """A context in which training and the long evaluations run on a faster, equivalent kernel."""
     card_note: str = ""
     """Extra paragraph for the model card's Training section (how this entry differs from the others)."""
+    task: str = "kjv"
+    """What it was trained on: ``"kjv"`` (language modelling, :mod:`writelens.zoo.train`) or ``"mqar"`` (an
+    associative-recall organism, :mod:`writelens.zoo.train_mqar`; no tokenizer: token ids are the task's)."""
 
     def model_cls(self) -> Any:
         """The model class. Raises ``ImportError`` naming the extra to install when its package is missing."""
@@ -192,6 +211,38 @@ ENTRIES: dict[str, ZooEntry] = {
                 "about a minute per step on 2 cores; the test snippet and the samples below ran on the reference "
                 "kernel, which is what loading the checkpoint gives."
             ),
+        ),
+        ZooEntry(
+            "gdn-mqar",
+            "associative-recall organism: Qwen3.5 (Qwen3_5ForCausalLM) with 2 Gated DeltaNet layers and no "
+            "attention, hidden 128, 2 heads of 64; trained on multi-query associative recall",
+            "Qwen3_5ForCausalLM",
+            _organism_config("gdn"),
+            dict(steps=2000, batch=64, lr=3e-3),
+            init=_gdn_mqar_init,
+            task="mqar",
+        ),
+        ZooEntry(
+            "mamba2-mqar",
+            "associative-recall organism: Mamba-2 (Mamba2ForCausalLM), 2 layers, hidden 128, 4 heads of 64, "
+            "d_state 64; trained on multi-query associative recall",
+            "Mamba2ForCausalLM",
+            _organism_config("mamba2"),
+            dict(steps=2000, batch=64, lr=3e-3),
+            task="mqar",
+        ),
+        ZooEntry(
+            "rwkv7-mqar",
+            "associative-recall organism: RWKV-7 (rwkv7_hf RWKV7ForCausalLM), 2 layers, hidden 128, 2 heads of "
+            "64; trained on multi-query associative recall; needs the `rwkv` extra",
+            "RWKV7ForCausalLM",
+            _organism_config("rwkv7"),
+            dict(steps=2000, batch=64, lr=3e-3),
+            module="rwkv7_hf.modeling_rwkv7",
+            extra="rwkv",
+            init=_rwkv7_init,
+            train_kernel=_rwkv7_chunked,
+            task="mqar",
         ),
     )
 }

@@ -50,7 +50,8 @@ SNIPPET_MARGIN = 0.02  # nats/token of slack the tests allow around the recorded
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m writelens.zoo.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("name", choices=sorted(ENTRIES), help="which zoo model to build")
+    p.add_argument("name", nargs="?", choices=sorted(ENTRIES), help="which zoo model to build")
+    p.add_argument("--model", dest="model", choices=sorted(ENTRIES), help="the same as NAME")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the shipped model's)")
     p.add_argument("--batch", type=int, default=None, help="sequences per step")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per training window")
@@ -67,9 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the shipped folder)")
     p.add_argument("--corpus", type=Path, default=None, help='a `bible -f "Gen1:1-Rev22:21"` dump')
     p.add_argument(
-        "--recard", action="store_true", help="only rewrite README.md of --out from its metrics.json"
+        "--recard", action="store_true", help="only rewrite README.md of --out from its metrics.json (organisms: also rerun the known-answer experiments)"
     )
     args = p.parse_args(argv)
+    args.name = args.name or args.model
+    if args.name is None or (args.model and args.model != args.name):
+        p.error("name one zoo model, as NAME or --model NAME")
     for k, v in ENTRIES[args.name].train_defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -411,10 +415,20 @@ def recard(folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.recard and ENTRIES[args.name].task == "mqar":
+        from .organism_card import analyse
+
+        analyse(args.name, args.out)
+        print(f"[zoo] rewrote {args.out / 'README.md'}")
+        return
     if args.recard:
         recard(args.out)
         print(f"[zoo] rewrote {args.out / 'README.md'}")
         return
+    if ENTRIES[args.name].task == "mqar":
+        from .train_mqar import main as train_organism
+
+        return train_organism(args)
     try:
         m = train(args)
     except FileNotFoundError as e:
