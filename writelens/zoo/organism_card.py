@@ -82,6 +82,15 @@ def mechanism_section(ka: dict[str, Any] | None) -> str:
             "\n\n## Known answers (`writelens.experiments.known_answers`)\n" + ka["table"] + "\n")
 
 
+def load_folder(entry: Any, folder: Any) -> Any:
+    """The saved organism in ``folder``, float32, eval mode (the Auto class, or the entry's own class)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    loader = AutoModelForCausalLM if entry.module == "transformers" else entry.model_cls()
+    return loader.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
 def analyse(name: str, folder: Path) -> dict[str, Any]:
     """Run the known-answer experiments on the organism saved in ``folder``; write ``known_answers.json`` (the full
     result, its table and the card paragraph) and the card."""
@@ -92,7 +101,6 @@ def analyse(name: str, folder: Path) -> dict[str, Any]:
     from writelens.tasks.mqar import MQARConfig
 
     from .registry import ENTRIES
-    from .train_mqar import load_folder
 
     entry = ENTRIES[name]
     torch.manual_seed(0)

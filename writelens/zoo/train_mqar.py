@@ -24,8 +24,10 @@ import torch.nn.functional as F
 
 from writelens.tasks.mqar import IGNORE, MQARConfig, make_batch, recall, training_batch
 
+from .organism_card import analyse, load_folder
 from .organisms import PAIR_COUNTS, TASK
 from .registry import ENTRIES, ZooEntry
+from .training import build_model, lr_at, param_groups, strip_remote_code
 
 HELDOUT_SEED_OFFSET = 10_000
 EVAL_PASSAGES = 512  # per N, for the saved model's figures
@@ -46,8 +48,6 @@ def heldout_recall(model: torch.nn.Module, task: MQARConfig, n_pairs: int, n: in
 def train(entry: ZooEntry, args: argparse.Namespace) -> dict[str, Any]:
     """Train ``entry`` on the MQAR task and save it to ``args.out``; returns the metrics written."""
     from tqdm import tqdm
-
-    from .train import build_model, lr_at, param_groups, strip_remote_code
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -91,13 +91,6 @@ def train(entry: ZooEntry, args: argparse.Namespace) -> dict[str, Any]:
     return measure(entry, args, n_params, ema, curve, probes, train_time)
 
 
-def load_folder(entry: ZooEntry, folder: Any) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    loader = AutoModelForCausalLM if entry.module == "transformers" else entry.model_cls()
-    return loader.from_pretrained(str(folder), dtype=torch.float32).eval()
-
-
 def measure(entry: ZooEntry, args: argparse.Namespace, n_params: int, ema: float | None,
             curve: list[list[float]], probes: list[dict[str, Any]], train_time: float) -> dict[str, Any]:
     """Reload the saved folder and measure held-out recall per N (``EVAL_PASSAGES`` passages each)."""
@@ -129,8 +122,6 @@ def measure(entry: ZooEntry, args: argparse.Namespace, n_params: int, ema: float
                     "loadavg_1min_at_end": round(os.getloadavg()[0], 2)},
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    from .organism_card import analyse
-
     analyse(entry.name, args.out)  # the known-answer experiments on the saved folder, then the card
     return metrics
 
