@@ -232,7 +232,7 @@ def test_steer_end_to_end(tiny, tmp_path):
     (["replace-test", "--site", "1:0", "--kl-position", "middle"], ["--kl-position", "'middle' is not one of",
                                                                      "'mean_from_t'"]),
     (["replace-test", "--site", "1:0", "--baseline", "flat_svd"], ["--baseline", "--flat-sae"]),
-    (["replace-test", "--site", "1:0", "--max-firings", "many"], ["--max-firings", "an integer or 'none'"]),
+    (["replace-test", "--site", "1:0", "--max-firings", "many"], ["--max-firings", "an integer >= 1 or 'none'"]),
     (["replace-test", "--site", "1:0", "--sae8"], ["--sae", "8x8", "16x16", "--layer 1 --head 0"]),
     (["attribute", "--site", "1:0", "--horizons", "1,x"], ["--horizons", "comma list of integers", "'x'"]),
     (["attribute", "--site", "1:0", "--epsilons", "0.1,abc"], ["--epsilons", "comma list of numbers", "'abc'"]),

@@ -7,11 +7,13 @@ cannot drift apart. Outputs are files plus a JSON summary; bad arguments exit wi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -47,16 +49,61 @@ def command(name: str, *, configs: list[tuple[type, str, tuple[str, ...]]], base
 
     def runner(**kwargs: Any) -> None:
         own_kwargs = {p.name: kwargs.pop(p.name) for p in own}
+        check_common_options(own_kwargs, kwargs)
         try:
-            base(**own_kwargs, options=kwargs)
+            with hf_progress(kwargs.get("progress", True) is not False):
+                base(**own_kwargs, options=kwargs)
         except (WriteLensError, ValueError) as err:
-            typer.echo(f"error: {err}", err=True)
+            typer.echo(f"error: {error_text(err)}", err=True)
+            raise typer.Exit(2) from err
+        except OSError as err:  # a path given on the command line that cannot be read or written
+            typer.echo(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}; check the "
+                       "paths given (--out, --data, --sae, --corpus, ...).", err=True)
             raise typer.Exit(2) from err
 
     runner.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
     runner.__annotations__ = {p.name: p.annotation for p in own + extra}
     runner.__doc__ = help
     app.command(name, help=help)(runner)
+
+
+def error_text(err: BaseException) -> str:
+    """The message of ``err`` without the quotes ``str(KeyError(...))`` adds."""
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        return err.args[0]
+    return str(err)
+
+
+def check_common_options(own: dict[str, Any], options: dict[str, Any]) -> None:
+    """Checks every command shares, made before any model is loaded: ``--out`` is a folder that can be written,
+    ``--device`` a device this machine has."""
+    from writelens.validate import check_device, check_out_dir
+
+    try:
+        if own.get("out") is not None:
+            check_out_dir(own["out"], "--out")
+    except WriteLensError as err:
+        raise fail("--out", error_text(err).replace("--out=", "", 1)) from None
+    if options.get("device") is not None:
+        try:
+            check_device(options["device"], "--device")
+        except WriteLensError as err:
+            raise fail("--device", error_text(err).replace("--device=", "", 1)) from None
+
+
+@contextlib.contextmanager
+def hf_progress(enabled: bool) -> Iterator[None]:
+    """Silence transformers' progress bars (``Loading weights``) while ``enabled`` is False (``--no-progress``)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
@@ -87,7 +134,7 @@ def zoo_path(name: str = typer.Argument(..., help="a zoo model name (see `writel
     try:
         typer.echo(str(zoo.path(name)))
     except WriteLensError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {error_text(err)}", err=True)
         raise typer.Exit(2) from err
 
 
@@ -106,8 +153,15 @@ def load_lens(model: str) -> Any:
         if not Path(model).expanduser().is_dir():  # a path, not a hub id: fail now rather than ask the hub
             raise fail("--model", f"{model!r} is not a folder (nor a zoo model: {', '.join(zoo.list())}).")
         model = str(Path(model).expanduser())
+    from writelens.errors import ModelLoadError
+
     try:
         return wl.WriteLens.from_pretrained(model)
+    except ModelLoadError as err:
+        cause = err.__cause__ if err.__cause__ is not None else err
+        first = (str(cause).strip().splitlines() or [""])[0]
+        raise fail("--model", f"{model!r} is neither a zoo model ({', '.join(zoo.list())}), a local model folder nor "
+                               f"a reachable hub id ({first})") from None
     except WriteLensError:
         raise
     except (OSError, ValueError) as err:
@@ -116,18 +170,29 @@ def load_lens(model: str) -> Any:
                                f"a reachable hub id ({type(err).__name__}: {first})") from None
 
 
-def parse_sites(spec: str | None) -> list[tuple[int, int]] | list[int] | None:
-    """``"9:4,9:5"`` → [(9, 4), (9, 5)]; ``"9,12"`` → [9, 12] (all heads); None/"all" → every site."""
-    if spec is None or spec == "all":
+def parse_sites(spec: str | None, flag: str = "--sites") -> list[tuple[int, int]] | list[int] | None:
+    """``"9:4,9:5"`` → [(9, 4), (9, 5)]; ``"9,12"`` → [9, 12] (all heads); None/"all" → every site. Anything else
+    is a usage error naming ``flag`` and the ``L:H`` form."""
+    if spec is None or spec.strip().lower() == "all":
         return None
     out: list[Any] = []
     for part in spec.split(","):
-        if ":" in part:
-            layer, head = part.split(":")
-            out.append((int(layer), int(head)))
-        else:
-            out.append(int(part))
+        m = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", part)
+        if m is None:
+            raise fail(flag, f"expected sites as L:H (model layer : value head) such as '1:0,4:2', whole layers "
+                             f"such as '1,4', or 'all'; got {spec!r} (the part {part.strip()!r} is not L:H or L).")
+        out.append((int(m.group(1)), int(m.group(2))) if m.group(2) is not None else int(m.group(1)))
     return out
+
+
+def check_sites(lens: Any, sites: list[Any] | None, flag: str = "--sites") -> None:
+    """Usage error naming ``flag`` unless every site (or layer) of ``sites`` is a write site of ``lens``."""
+    for s in sites or []:
+        layer, head = (s, 0) if isinstance(s, int) else s
+        try:
+            lens.site(layer, head)
+        except WriteLensError as err:
+            raise fail(flag, error_text(err)) from None
 
 
 def corpus_passages(lens: Any, corpus: str, n: int, n_tokens: int, seed: int, flag: str = "--corpus") -> Any:
@@ -169,6 +234,7 @@ class ExtractOptions:
         batch_size: passages per forward.
         dtype: storage dtype: float32, bfloat16 or float16.
         overwrite: replace an existing, different extraction in the output folder.
+        progress: progress bars on stderr.
     """
 
     target: Literal["sampled_positions", "final_state", "all_positions", "writes"] = "sampled_positions"
@@ -180,6 +246,7 @@ class ExtractOptions:
     batch_size: int = 8
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     overwrite: bool = False
+    progress: bool = True
 
 
 def _extract(model: str = typer.Option(..., "--model", help="zoo name, local folder or hub id"),
@@ -190,11 +257,13 @@ def _extract(model: str = typer.Option(..., "--model", help="zoo name, local fol
     import writelens as wl
 
     opts = build(ExtractOptions, options or {})
+    site_list = parse_sites(sites)
     lens = load_lens(model)
+    check_sites(lens, site_list)
     ids = corpus_passages(lens, corpus, opts.n_sequences, opts.seq_len, opts.seed)
-    result = wl.extract(lens, ids, parse_sites(sites), opts.target, out_dir=out, positions_per_seq=opts.positions_per_seq,
+    result = wl.extract(lens, ids, site_list, opts.target, out_dir=out, positions_per_seq=opts.positions_per_seq,
                         seed=opts.seed, batch_size=opts.batch_size, min_position=opts.min_position, dtype=opts.dtype,
-                        overwrite=opts.overwrite)
+                        overwrite=opts.overwrite, progress=opts.progress)
     write_summary(out, {"command": "extract", "model": model, "corpus": corpus, **dataclasses.asdict(opts),
                         "n_shards": result.n_shards, "written": len(result.written), "skipped": len(result.skipped)})
 

@@ -26,6 +26,47 @@ def fail(flag: str, message: str) -> typer.BadParameter:
     return typer.BadParameter(message, param_hint=f"'{flag}'")
 
 
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """The valid range of a numeric option: ``lo`` / ``hi`` (None: unbounded), open (strict) or closed."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        lo_ok = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        hi_ok = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return lo_ok and hi_ok
+
+    def describe(self, scalar: type) -> str:
+        kind = "an integer" if scalar is int else "a number"
+        if self.lo is not None and self.hi is not None:
+            return (f"{kind} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+                    f"{')' if self.hi_open else ']'}")
+        if self.lo is not None:
+            return f"{kind} {'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{kind} {'<' if self.hi_open else '<='} {self.hi:g}" if self.hi is not None else kind
+
+
+_POS, _NONNEG, _POSITIVE = Bound(lo=1), Bound(lo=0), Bound(lo=0, lo_open=True)
+#: Ranges of the numeric config fields, by field name (the same name means the same thing in every config).
+BOUNDS: dict[str, Bound] = {
+    **dict.fromkeys(("batch_size", "eval_batch_size", "steps", "log_every", "eval_every", "checkpoint_every",
+                     "keep_checkpoints", "dead_window", "resample_every", "n_features", "rank", "k",
+                     "n_sequences", "seq_len", "positions_per_seq", "max_firings", "firings_per_passage",
+                     "cap_per_atom", "batch_rows", "scan_batch", "targets_per_stratum", "n_consecutive",
+                     "max_new_tokens"), _POS),
+    **dict.fromkeys(("warmup_steps", "renorm_every", "k_aux", "min_position", "min_firings_per_atom", "n_bootstrap",
+                     "t0", "min_t0", "end_offset", "seed", "lr_min", "lambda_aux", "lambda_sparsity",
+                     "jumprelu_init_threshold"), _NONNEG),
+    **dict.fromkeys(("lr", "epochs", "adam_eps", "jumprelu_bandwidth"), _POSITIVE),
+    "val_fraction": Bound(lo=0, hi=1, hi_open=True),
+    "batchtopk_threshold_decay": Bound(lo=0, hi=1),
+}
+
+
 def _convert_item(item_type: Any, text: str) -> Any:
     """One list item: int / float / str, or a fixed tuple of them written ``a:b`` (e.g. a rank bin ``10:100``)."""
     if typing.get_origin(item_type) is tuple:
@@ -92,19 +133,24 @@ def _literal_parser(flag: str, choices: tuple[Any, ...], optional: bool):
     return parse
 
 
-def _optional_parser(flag: str, scalar: type):
-    """An optional int / float / str option that also accepts ``none``."""
+def _optional_parser(flag: str, scalar: type, bound: Bound | None = None, optional: bool = True):
+    """An int / float / str option, range-checked against ``bound``; ``optional``: it also accepts ``none``."""
+    kind = bound.describe(scalar) if bound else ("an integer" if scalar is int else "a number")
+    expected = kind + (" or 'none'" if optional else "")
 
     def parse(value: Any) -> Any:
-        if value is None or not isinstance(value, str):
+        if value is None:
             return value
-        if value.strip().lower() == "none":
-            return None
-        try:
-            return scalar(value)
-        except ValueError:
-            kind = "an integer" if scalar is int else "a number"
-            raise fail(flag, f"expected {kind} or 'none', got {value!r}.") from None
+        if isinstance(value, str):
+            if optional and value.strip().lower() == "none":
+                return None
+            try:
+                value = scalar(value)
+            except ValueError:
+                raise fail(flag, f"expected {expected}, got {value!r}.") from None
+        if bound is not None and not bound.holds(value):
+            raise fail(flag, f"expected {expected}, got {value:g}.")
+        return value
 
     return parse
 
@@ -120,12 +166,16 @@ class OptionSpec:
     metavar: str | None = None
 
 
-def _option_type(tp: Any, flag: str = "--option", default: Any = None) -> OptionSpec | None:
+def _option_type(tp: Any, flag: str = "--option", default: Any = None, bound: Bound | None = None) -> OptionSpec | None:
     """The option spec of a dataclass field type, or None when the field is not a command-line option.
 
     int / float / str / bool: plain options; ``X | None`` of them: also accept ``none``; ``Literal[...]``: checked
     against its values; ``tuple[X, ...]`` / ``list[X]`` / ``tuple[X, X]`` of int / float / str (or of fixed tuples
-    of them, written ``a:b``), optionally ``| None``: comma lists (``--horizons 1,2,4``)."""
+    of them, written ``a:b``), optionally ``| None``: comma lists (``--horizons 1,2,4``). ``bound``: the range a
+    numeric scalar must lie in."""
+    if tp in (int, float) and bound is not None:
+        return OptionSpec(str, _optional_parser(flag, tp, bound, optional=False), default,
+                          "INTEGER" if tp is int else "FLOAT")
     if tp in _SIMPLE:
         return OptionSpec(tp, default=default)
     origin = typing.get_origin(tp)
@@ -137,7 +187,8 @@ def _option_type(tp: Any, flag: str = "--option", default: Any = None) -> Option
         tp, origin, optional = args[0], typing.get_origin(args[0]), True
         if tp in (int, float, str):
             kind = {int: "int", float: "float", str: "str"}[tp]
-            return OptionSpec(Optional[str], _optional_parser(flag, tp), default, f"<{kind}|none>")  # noqa: UP045
+            parser = _optional_parser(flag, tp, bound if tp is not str else None)
+            return OptionSpec(Optional[str], parser, default, f"<{kind}|none>")  # noqa: UP045
         if tp is bool:
             return None
     if origin is typing.Literal:
@@ -230,7 +281,7 @@ def config_options(cls: type, *, exclude: tuple[str, ...] = (), prefix: str = ""
             continue
         else:
             default = ...
-        spec = _option_type(hints[f.name], flag, default)
+        spec = _option_type(hints[f.name], flag, default, BOUNDS.get(f.name))
         if spec is None:
             continue
         decls = f"{flag}/--no-{name.replace('_', '-')}" if spec.annotation is bool else flag
