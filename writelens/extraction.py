@@ -285,3 +285,44 @@ def _states_at(cache, layer: int, head: int, row_of: torch.Tensor, pos_of: torch
         column = torch.searchsorted(block, pos_of[where])
         out[where] = states[row_of[where], column]
     return out
+
+
+@torch.no_grad()
+def query_metric(lens, input_ids: torch.Tensor, site: tuple[int, int] | list[tuple[int, int]], *,
+                 attention_mask: torch.Tensor | None = None, min_position: int = 0, batch_size: int = 8):
+    """The read-aligned objective's metric (:class:`writelens.sae.objectives.ReadMetric`) of one site, or of
+    several heads of one layer (stacked, in the order given): the second moment of the read queries
+    ``q̂`` [B, T, d_k] over every real position ``>= min_position`` of ``input_ids`` [B, T], normalised to trace d_k.
+
+        metric = query_metric(lens, ids, (4, 1))
+        train_sae(sae, data, TrainConfig(read_weight=1.0), read_metric=metric)
+    """
+    from writelens.errors import InputError
+    from writelens.sae.objectives import ReadMetric
+
+    sites = [site] if isinstance(site, tuple) else list(site)
+    if not sites:
+        raise InputError("query_metric needs at least one site (layer, head).")
+    for layer, head in sites:
+        lens.site(layer, head)  # a named error for a bad site
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() != 2 or ids.numel() == 0:
+        raise InputError(f"input_ids must be a non-empty [B, T] tensor of token ids, got shape {tuple(ids.shape)}.")
+    mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else torch.as_tensor(attention_mask).bool()
+    if mask.shape != ids.shape:
+        raise InputError(f"attention_mask {tuple(mask.shape)} must have the shape of input_ids {tuple(ids.shape)}.")
+    mask = mask.clone()
+    mask[:, :min_position] = False
+    if not bool(mask.any()):
+        raise InputError(f"no real position >= min_position={min_position} in input_ids; pass longer passages.")
+    moment, n = None, 0
+    for start in range(0, ids.shape[0], batch_size):
+        rows, keep = ids[start : start + batch_size], mask[start : start + batch_size]
+        cache = lens.run(rows, cache=True, sites=sites, attention_mask=None if attention_mask is None else
+                         attention_mask[start : start + batch_size]).cache
+        q = torch.stack([cache.write(layer, head).query[keep] for layer, head in sites]).double()  # [H, N, d_k]
+        part = torch.einsum("hni,hnj->hij", q, q)
+        moment = part if moment is None else moment + part
+        n += q.shape[1]
+    return ReadMetric.from_moment(moment / n, n, {"sites": [list(s) for s in sites], "n_passages": int(ids.shape[0]),
+                                                  "min_position": min_position})

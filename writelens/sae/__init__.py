@@ -38,6 +38,8 @@ _LAZY = {
     "evaluate_sae": ("writelens.sae.metrics", "evaluate_sae"),
     "feature_health": ("writelens.sae.health", "feature_health"),
     "FeatureHealth": ("writelens.sae.health", "FeatureHealth"),
+    "ReadMetric": ("writelens.sae.objectives", "ReadMetric"),
+    "read_fve": ("writelens.sae.objectives", "read_fve"),
 }
 
 __all__ = [

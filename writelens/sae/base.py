@@ -20,6 +20,7 @@ from writelens.errors import SAEConfigError, SAEInputError
 from writelens.sae.activations import Selection, build_activation
 from writelens.sae.config import Objective, SAEConfig
 from writelens.sae.files import save_sae
+from writelens.sae.objectives import weighted_squared_error
 from writelens.sae.outputs import Atoms, SAELosses, SAEOutput, SparseCodes
 from writelens.sae.sparse import gather_features
 
@@ -220,7 +221,10 @@ class SAE(nn.Module):
         pre, selection, pre_selected, values, preacts_at = self._encode_heads(heads)
         recon = self._decode(values, selection.indices) + self._output_offset()[:, None]
         error = recon - heads
-        mse = error.pow(2).mean(dim=(1, 2, 3))
+        if objective.read_weighting is None:
+            mse = error.pow(2).mean(dim=(1, 2, 3))
+        else:
+            mse = weighted_squared_error(error, self._checked_weighting(objective.read_weighting, heads))
         aux = torch.zeros_like(mse)
         sparsity = torch.zeros_like(mse)
         if self.training:
@@ -240,6 +244,13 @@ class SAE(nn.Module):
             pre_acts=self._from_heads(lead, pre),
             losses=SAELosses(total, squeeze(mse), squeeze(aux), squeeze(sparsity)),
         )
+
+    def _checked_weighting(self, weighting: Tensor, heads: Tensor) -> Tensor:
+        n_heads, d_k = heads.shape[0], heads.shape[2]
+        if weighting.shape != (n_heads, d_k, d_k):
+            raise SAEInputError(f"the read weighting is {tuple(weighting.shape)}; this SAE needs [{n_heads}, {d_k}, "
+                                f"{d_k}] (one d_k x d_k matrix per head of the SAE).")
+        return weighting.to(device=heads.device)
 
     @torch.no_grad()
     def _track_dead(self, values: Tensor, selection: Selection, window: int) -> Bool[Tensor, "H F"]:

@@ -143,9 +143,12 @@ class Objective:
         k_aux: number of dead features (top pre-activations among them) that reconstruct the residual.
         dead_window: a feature that has not fired for this many training steps counts as dead.
         lambda_sparsity: JumpReLU only: weight of the L0 penalty (straight-through to the thresholds).
+        read_weighting: ``[H, d_k, d_k]`` matrix G of the read-aligned reconstruction loss ``tr(Eᵀ G E)``
+            (:mod:`writelens.sae.objectives`); None: the plain MSE. AuxK keeps the plain MSE.
     """
 
     lambda_aux: float = 1.0 / 32.0
     k_aux: int = 256
     dead_window: int = 100
     lambda_sparsity: float = 1e-3
+    read_weighting: Any = field(default=None, compare=False, repr=False)

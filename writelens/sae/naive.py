@@ -124,6 +124,33 @@ def naive_aux(sae, pre: Tensor, residual: Tensor, dead: Bool[Tensor, "H F"], k_a
     return (recon - residual).pow(2).mean(dim=(1, 2, 3)) * dead.any(-1).to(pre.dtype)
 
 
+def naive_weighted_error(error: Float[Tensor, "H B dk dv"], weighting: Float[Tensor, "H dk dk"]) -> Float[Tensor, " H"]:
+    """``mean_b tr(E_bᵀ G E_b) / (d_k d_v)`` by a plain loop over heads and states."""
+    n_heads, batch, d_k, d_v = error.shape
+    out = []
+    for h in range(n_heads):
+        g = weighting[h].to(error.dtype)
+        out.append(sum(torch.trace(error[h, b].T @ g @ error[h, b]) for b in range(batch)) / (batch * d_k * d_v))
+    return torch.stack(out)
+
+
+def naive_read_loss(error: Float[Tensor, "H B dk dv"], queries: Float[Tensor, "H N dk"], weight: float) -> Tensor:
+    """The read-aligned loss from its definition, with no moment matrix: per head
+    ``mean_b [(1 − w) ‖E_b‖² + w · d_k · mean_n ‖E_bᵀ q_n‖² / mean_n ‖q_n‖²] / (d_k d_v)``."""
+    n_heads, batch, d_k, d_v = error.shape
+    out = []
+    for h in range(n_heads):
+        q = queries[h].to(error.dtype)
+        q_power = (q * q).sum(-1).mean()
+        total = error.new_zeros(())
+        for b in range(batch):
+            e = error[h, b]
+            reads = torch.stack([(e.T @ q[n]).pow(2).sum() for n in range(q.shape[0])]).mean()
+            total = total + (1 - weight) * e.pow(2).sum() + weight * d_k * reads / q_power
+        out.append(total / (batch * d_k * d_v))
+    return torch.stack(out)
+
+
 def naive_forward(sae, states: Tensor, objective: Objective | None = None, training: bool | None = None) -> NaiveOutput:
     """The SAE's forward with dense codes and dense decode, reading (never updating) its buffers.
 
@@ -138,7 +165,10 @@ def naive_forward(sae, states: Tensor, objective: Objective | None = None, train
     codes = naive_activation(sae, pre, training)
     output_offset = sae.heads_first(sae.b_dec) + (offset if offset is not None else 0)
     recon = naive_decode(sae, codes) + output_offset[:, None]
-    mse = (recon - heads).pow(2).mean(dim=(1, 2, 3))
+    if objective.read_weighting is None:
+        mse = (recon - heads).pow(2).mean(dim=(1, 2, 3))
+    else:
+        mse = naive_weighted_error(recon - heads, objective.read_weighting)
     aux = torch.zeros_like(mse)
     sparsity = torch.zeros_like(mse)
     if training:

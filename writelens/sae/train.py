@@ -18,7 +18,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from writelens.sae.data import StateDataset
 from writelens.sae.files import atomic_write_bytes, save_sae
 from writelens.sae.health import FeatureHealth, feature_health, init_biases_from_data
 from writelens.sae.metrics import EvalMetrics, evaluate_sae
+from writelens.sae.objectives import ReadMetric, training_weighting
 from writelens.sae.resample import resample_dead_features
 
 RESUMABLE_CHANGES = {"progress", "device", "wandb_project", "eval_batch_size"}
@@ -69,6 +70,8 @@ class TrainConfig:
             shared mean can grow a constant feature (see :mod:`writelens.sae.health`).
         encoder_bias_init: the pre-activation of every feature at the mean state after that init (0, or
             slightly negative).
+        read_weight: weight w of the read-aligned loss ``tr(Eᵀ((1 − w) I + w M)E)`` (0: the plain MSE; needs
+            ``read_metric=``, see :mod:`writelens.sae.objectives`). Logged MSE / FVE stay Frobenius.
         adam_betas, adam_eps: Adam settings (no weight decay; fused Adam where available).
         eval_batch_size, device, wandb_project (log to wandb if installed), progress (tqdm bar).
     """
@@ -95,6 +98,7 @@ class TrainConfig:
     dense_threshold: float | None = 0.5
     init_from_data: bool = True
     encoder_bias_init: float = 0.0
+    read_weight: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     eval_batch_size: int = 1024
@@ -154,7 +158,7 @@ class Trainer:
 
     def __init__(self, sae: SAE, train_data: StateDataset, cfg: TrainConfig | None = None, *,
                  val_data: StateDataset | None = None, out_dir: str | Path | None = None, resume: bool = True,
-                 callbacks: Sequence[Callable[[Trainer], None]] = ()) -> None:
+                 callbacks: Sequence[Callable[[Trainer], None]] = (), read_metric: ReadMetric | None = None) -> None:
         self.cfg = cfg = cfg or TrainConfig()
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.distributed else 0
@@ -196,6 +200,9 @@ class Trainer:
             sae.set_mean(train_data.mean())
         if self.out_dir is not None:
             self._prepare_out_dir(resume)
+        weighting = training_weighting(read_metric, cfg.read_weight, sae.head_shape, sae.cfg.d_k, self.out_dir,
+                                       resumed=self.step > 0)
+        self.objective = replace(cfg.objective, read_weighting=weighting)
         self.sae.sync_statistics = self.distributed
         self.model = self.sae
         if self.distributed:
@@ -252,7 +259,7 @@ class Trainer:
         cfg, step = self.cfg, self.step
         batch = self.train_data.batch(step, cfg.batch_size, cfg.seed, self.rank, self.world_size).to(self.device)
         self.model.train()
-        out = self.model(batch, cfg.objective)
+        out = self.model(batch, self.objective)
         self.optimizer.zero_grad(set_to_none=True)
         out.losses.total.backward()
         if cfg.project_decoder_grads:
@@ -392,6 +399,8 @@ class Trainer:
 
 def train_sae(sae: SAE, train_data: StateDataset, cfg: TrainConfig | None = None, *, val_data: StateDataset | None = None,
               out_dir: str | Path | None = None, resume: bool = True,
-              callbacks: Sequence[Callable[[Trainer], None]] = ()) -> TrainResult:
-    """Train ``sae`` on ``train_data`` (see :class:`Trainer`); resumes from ``out_dir`` when it holds a run."""
-    return Trainer(sae, train_data, cfg, val_data=val_data, out_dir=out_dir, resume=resume, callbacks=callbacks).run()
+              callbacks: Sequence[Callable[[Trainer], None]] = (), read_metric: ReadMetric | None = None) -> TrainResult:
+    """Train ``sae`` on ``train_data`` (see :class:`Trainer`); resumes from ``out_dir`` when it holds a run.
+    ``read_metric``: the heads' query second moment, for ``cfg.read_weight > 0``."""
+    return Trainer(sae, train_data, cfg, val_data=val_data, out_dir=out_dir, resume=resume, callbacks=callbacks,
+                   read_metric=read_metric).run()
