@@ -89,3 +89,18 @@ def test_three_factor_matches_hand_computation_and_round_trips():
     back = AttributionResult.from_json(res.to_json())
     assert back.to_dict() == res.to_dict() and back.options.horizons == (1, 3)
     assert set(back.stats_exact.r2_by_epsilon) == {"0.5"}
+
+
+def test_per_passage_t0_and_horizons_equal_the_shared_options():
+    """t0s= / horizons= given per passage reproduce the shared-option run, and differ per passage when asked."""
+    ids = passages(3, 24)
+    opts = AttributionOptions(t0=5, horizons=(1, 3), progress=False)
+    shared = attribution(lens(), sae(), (LAYER, HEAD), ids, [0, 5], [0.1], opts)
+    per = attribution(lens(), sae(), (LAYER, HEAD), ids, [0, 5], [0.1], opts, t0s=[5, 5, 5], horizons=[[1, 3]] * 3)
+    assert per.measured == shared.measured and per.linearised == shared.linearised and per.t == shared.t
+    mixed = attribution(lens(), sae(), (LAYER, HEAD), ids, [0], [0.1], opts, t0s=[4, 6, 8], horizons=[[0], [1], [15]])
+    assert sorted(set(zip(mixed.passage, mixed.t0, mixed.t, strict=True))) == [(0, 4, 4), (1, 6, 7), (2, 8, 23)]
+    with pytest.raises(wl.errors.ExperimentError, match="t0s="):
+        attribution(lens(), sae(), (LAYER, HEAD), ids, [0], [0.1], opts, t0s=[4, 6, 9], horizons=[[0], [1], [15]])
+    with pytest.raises(wl.errors.ExperimentError, match="horizons="):
+        attribution(lens(), sae(), (LAYER, HEAD), ids, [0], [0.1], opts, horizons=[[1]])

@@ -106,13 +106,14 @@ def direct_path(lens, layer: int, point: NativePoint, row: int, ts: list[int], d
     skipped)."""
     a, n, dv = d_o.shape
     heads = point.outputs.shape[2]
-    base = point.outputs[row, ts].to(lens.device).expand(a, n, heads, dv).reshape(a * n, heads, dv)
+    # .contiguous(): with one position the expand is a stride-0 view, which forward-mode AD refuses
+    base = point.outputs[row, ts].to(lens.device).expand(a, n, heads, dv).reshape(a * n, heads, dv).contiguous()
     tangent = torch.zeros_like(base)
     tangent[:, point.head] = d_o.reshape(a * n, dv).to(base)
-    inputs = {k: v[row, ts].to(lens.device).expand(a, n, *v.shape[2:]).reshape(a * n, *v.shape[2:])
+    inputs = {k: v[row, ts].to(lens.device).expand(a, n, *v.shape[2:]).reshape(a * n, *v.shape[2:]).contiguous()
               for k, v in point.readout_inputs.items()}
     _, dh = torch.func.jvp(lambda o: lens.adapter.readout(layer, o, inputs), (base,), (tangent,))
-    h = point.residual[row, ts].to(lens.device).expand(a, n, -1).reshape(a * n, -1)
+    h = point.residual[row, ts].to(lens.device).expand(a, n, -1).reshape(a * n, -1).contiguous()
     _, dhf = torch.func.jvp(lens.adapter.final_norm, (h,), (dh,))
     return dhf.reshape(a, n, -1).float().cpu()
 

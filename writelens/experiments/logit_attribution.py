@@ -151,13 +151,15 @@ def _median(d: dict[str, float]) -> float:
 
 
 @torch.no_grad()
-def attribution(lens, sae, site, passages, atoms, epsilons, options: AttributionOptions | None = None
-                ) -> AttributionResult:
+def attribution(lens, sae, site, passages, atoms, epsilons, options: AttributionOptions | None = None, *,
+                t0s: list[int] | None = None, horizons: list[list[int]] | None = None) -> AttributionResult:
     """Predicted vs measured logit changes of adding ``ε A_i/‖A_i‖_F`` at t0 (see the module doc), on any family.
 
     Args:
         sae: the SAE whose atoms are used (``sae.atoms(...).matrix()``, every rank component, unit Frobenius norm).
         passages: token ids [N, T]. atoms: feature ids. epsilons: ε values (see ``epsilon_mode``).
+        t0s: per passage, the edit position (overrides ``options.t0`` and the seeded draw).
+        horizons: per passage, its own horizons (overrides ``options.horizons``), e.g. a query's distance from t0.
     """
     options = options or AttributionOptions()
     started = time.perf_counter()
@@ -165,13 +167,21 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
     sae = single_head_sae(sae, head)
     ids = as_passages(passages)
     n, length = ids.shape
-    hmax = max(options.horizons)
+    per_h = [list(options.horizons)] * n if horizons is None else [[int(h) for h in hs] for hs in horizons]
+    if len(per_h) != n or any(not hs or min(hs) < 0 for hs in per_h):
+        raise ExperimentError(f"horizons= must give {n} non-empty lists of horizons >= 0 (one per passage).")
+    hmax = max(max(hs) for hs in per_h)
     rng = np.random.default_rng(options.seed)
     hi = length - 1 - hmax
-    if hi < options.min_t0:
+    if t0s is not None:
+        t0s = [int(t) for t in t0s]
+        if len(t0s) != n or any(t < 0 or t + max(hs) > length - 1 for t, hs in zip(t0s, per_h, strict=True)):
+            raise ExperimentError(f"t0s= must give {n} positions with t0 + horizon inside the {length} tokens.")
+    elif hi < options.min_t0:
         raise ExperimentError(f"passages of {length} tokens are too short for min_t0={options.min_t0} and horizon "
                               f"{hmax}; use longer passages or smaller AttributionOptions.horizons / min_t0.")
-    t0s = [options.t0 if options.t0 is not None else int(rng.integers(options.min_t0, hi + 1)) for _ in range(n)]
+    else:
+        t0s = [options.t0 if options.t0 is not None else int(rng.integers(options.min_t0, hi + 1)) for _ in range(n)]
     atom_ids = [int(a) for a in atoms]
     fac = sae.atoms(atom_ids)
     mats = fac.matrix().float()  # [A, d_k, d_v]: Σ_r u_r w_rᵀ (rank-r atoms keep every component)
@@ -186,16 +196,18 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
         point = native_point(lens, layer, head, batch)
         for r in range(batch.shape[0]):
             p, t0 = start + r, t0s[start + r]
-            ts = [t0 + h for h in options.horizons]
+            hz = per_h[p]
+            hmax = max(hz)
+            ts = [t0 + h for h in hz]
             d_all = propagate_delta(point, r, t0, unit, t0 + hmax)  # [A, hmax + 1, d_v]: δo at t0 … t0 + hmax
-            d_o = d_all[:, list(options.horizons)]  # [A, H, d_v]
+            d_o = d_all[:, hz]  # [A, H, d_v]
             targets = [(t, int(tok)) for hi_, t in enumerate(ts) for tok in
                        point.logits[r, t].argsort(descending=True)[[k - 1 for k in options.target_ranks]].tolist()]
             grads = downstream_gradients(lens, layer, head, batch[r], targets)[:, t0 : t0 + hmax + 1].double()
             dhf = direct_path(lens, layer, point, r, ts, d_o)  # [A, H, d_model]
             # the three-factor gain: the transition's diagonal only (GDN / Mamba-2: Π α_s; RWKV-7: Π w_s per channel)
             gain = torch.cumprod(point.key_decay[r, t0 + 1 : t0 + hmax + 1].double(), 0)  # [hmax, d_k]
-            gain = torch.cat([torch.ones(1, gain.shape[-1], dtype=torch.float64), gain])[list(options.horizons)]
+            gain = torch.cat([torch.ones(1, gain.shape[-1], dtype=torch.float64), gain])[hz]
             read = (gain * point.query[r, ts].double()) * point.scale  # [H, d_k]: G ⊙ q̂_t · scale
             logits = point.logits[r, ts]  # [H, V]
             order = logits.argsort(-1, descending=True)
