@@ -60,7 +60,12 @@ class EditConflictError(WriteLensError, ValueError):
 
 
 class NonFiniteError(WriteLensError, FloatingPointError):
-    """NaN or inf appeared in an edited run (usually an edit of enormous magnitude)."""
+    """NaN or inf where a finite number is needed: in an edited run (usually an edit of enormous magnitude), in
+    training data (the message names the shard and rows), in states given to an SAE, in a loaded checkpoint's
+    weights, or in a training loss (training stops at that step; the last good checkpoint is kept).
+
+    Fix: find the source the message names (re-extract the shard, lower the learning rate, re-save the SAE).
+    """
 
 
 class MissingTokenizerError(WriteLensError, ValueError):

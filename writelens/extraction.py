@@ -212,7 +212,8 @@ def extract(lens, tokens_or_texts, sites=None, target: str = "sampled_positions"
     _prepare(out, metadata, overwrite)
     writer = ShardWriter(out)
     mine = [i for i in range(n_shards) if i % world_size == rank]
-    done = [i for i in mine if all(writer.has(layer, h, i) for layer, h, _, _ in site_list)]
+    # every existing shard is verified (read + its recorded SHA256); a bad one is deleted and extracted again
+    done = [i for i in mine if all([writer.verified(layer, h, i) for layer, h, _, _ in site_list])]
     todo = [i for i in mine if i not in done]
     bar = tqdm(todo, desc=f"extract {target}", disable=not progress, unit="shard")
     for index in bar:

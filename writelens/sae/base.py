@@ -20,6 +20,7 @@ from writelens.errors import SAEConfigError, SAEInputError
 from writelens.sae.activations import Selection, build_activation
 from writelens.sae.config import Objective, SAEConfig
 from writelens.sae.files import save_sae
+from writelens.sae.finite import check_finite_rows
 from writelens.sae.objectives import weighted_squared_error
 from writelens.sae.outputs import Atoms, SAELosses, SAEOutput, SparseCodes
 from writelens.sae.sparse import gather_features
@@ -131,6 +132,7 @@ class SAE(nn.Module):
             )
         lead = states.shape[: states.dim() - len(tail)]
         flat = states.reshape(-1, *tail).to(self.b_dec.dtype)
+        check_finite_rows(flat, "the states given to this SAE", "drop or repair those rows first")
         return lead, flat.transpose(0, 1) if self.stacked else flat.unsqueeze(0)
 
     def _codes_to_heads(self, codes: Tensor) -> tuple[torch.Size, Float[Tensor, "H B F"]]:

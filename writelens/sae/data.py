@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from writelens.errors import ExtractionError, SAEConfigError
+from writelens.sae.finite import check_finite_rows
 from writelens.sae.shards import ShardReader
 
 
@@ -53,6 +54,9 @@ class _MemorySource:
     def load(self, chunk: int) -> Tensor:
         return self.states
 
+    def describe(self, chunk: int) -> str:
+        return "the in-memory training states (rows counted from 0)"
+
 
 class _ShardSource:
     """One chunk per shard index of one layer; several heads are stacked along dim 1."""
@@ -65,6 +69,11 @@ class _ShardSource:
 
     def seq_ids(self, chunk: int) -> Tensor:
         return self.reader.read(self.layer, self.heads[0], self.indices[chunk], ("seq_ids",))["seq_ids"]
+
+    def describe(self, chunk: int) -> str:
+        index = self.indices[chunk]
+        return (f"shard {index} of L{self.layer} H{','.join(map(str, self.heads))} "
+                f"({self.reader.path(self.layer, self.heads[0], index)}; rows counted within the shard)")
 
     def load(self, chunk: int) -> Tensor:
         index = self.indices[chunk]
@@ -170,6 +179,8 @@ class StateDataset:
             self._cache.move_to_end(chunk)
             return self._cache[chunk]
         tensor = self._source.load(chunk)
+        check_finite_rows(tensor, self._source.describe(chunk), "re-extract that shard (delete it and re-run "
+                          "wl.extract with the same arguments) or drop those rows")
         self._cache[chunk] = tensor
         while len(self._cache) > self.cache_chunks:
             self._cache.popitem(last=False)

@@ -7,17 +7,22 @@ registry; :mod:`writelens.sae.io` (which rebuilds classes by name) re-exports th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from writelens.errors import CheckpointError
+from writelens.errors import CheckpointError, ChecksumError
 from writelens.sae.config import SAEConfig
+from writelens.sae.finite import check_finite_tensors
+
+#: safetensors metadata key holding :func:`tensors_sha256` of the file's tensors (written by every writelens save)
+SHA256_KEY = "sha256"
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -38,13 +43,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA256 over every tensor's name, dtype, shape and bytes, in name order (independent of the file layout)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """``safetensors.torch.save_file`` to a temp file, then rename onto ``path``."""
+    """``safetensors.torch.save_file`` to a temp file, then rename onto ``path``; the metadata gains the tensors'
+    SHA256 (``"sha256"``), which :func:`read_weights` and :func:`verify_safetensors` check."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(cpu, tmp, metadata={**metadata, SHA256_KEY: tensors_sha256(cpu)})
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -78,16 +95,36 @@ def read_config(directory: Path) -> SAEConfig:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, turning every failure into a :class:`CheckpointError`."""
+    """Load a safetensors file, turning every failure into a :class:`CheckpointError`; a file that records its
+    SHA256 (every writelens save does) is checked against it (:class:`ChecksumError` when the bytes changed)."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the folder was not fully written. Re-save or re-download it.")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{path} could not be read as safetensors ({exc}); it is truncated or not a weights file. "
             "Re-download or re-save it."
         ) from exc
+    expected = metadata.get(SHA256_KEY)
+    if expected is not None and tensors_sha256(tensors) != expected:
+        raise ChecksumError(
+            f"{path}: the tensors' SHA256 does not match the one recorded when it was saved ({expected[:16]}…); the "
+            "file was corrupted on disk or in transfer. Re-download or re-save it."
+        )
+    return tensors
+
+
+def verify_safetensors(path: Path) -> str | None:
+    """None when ``path`` reads and matches its recorded SHA256 (files without one only need to read), else the
+    reason it is bad."""
+    try:
+        read_weights(path)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
 
 
 def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -105,4 +142,5 @@ def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], 
             f"{source} does not match its config: missing {missing}, unexpected {unexpected}, wrong shapes "
             f"{wrong}. The weights and cfg.json come from different SAEs; re-save both together."
         )
+    check_finite_tensors(state, source, "the file was saved from a diverged run; load an earlier checkpoint")
     module.load_state_dict({k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()})

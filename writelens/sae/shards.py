@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from writelens.errors import ExtractionError
-from writelens.sae.files import atomic_save_safetensors, atomic_write_bytes
+from writelens.sae.files import atomic_save_safetensors, atomic_write_bytes, verify_safetensors
 
 SHARD_FORMAT = "writelens-shards"
 SHARD_FORMAT_VERSION = 1
@@ -121,6 +122,20 @@ class ShardWriter:
 
     def has(self, layer: int, head: int, index: int) -> bool:
         return self.shard_path(layer, head, index).is_file()
+
+    def verified(self, layer: int, head: int, index: int) -> bool:
+        """True when the shard exists, reads and matches the SHA256 recorded in its header (written with it, so a
+        shard and its record cannot disagree after a crash). A bad shard is deleted with a warning, so that
+        resuming rewrites it; False when it is missing or was bad."""
+        path = self.shard_path(layer, head, index)
+        if not path.is_file():
+            return False
+        problem = verify_safetensors(path)
+        if problem is None:
+            return True
+        warnings.warn(f"extraction resume: {path} is bad and will be rewritten ({problem})", stacklevel=3)
+        path.unlink()
+        return False
 
     def write(self, layer: int, head: int, index: int, target: str, tensors: dict[str, torch.Tensor]) -> Path:
         """Write shard ``index`` of site (layer, head); ``tensors`` must hold exactly the target's fields."""

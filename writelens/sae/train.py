@@ -26,12 +26,13 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from writelens.errors import CheckpointError, FeatureHealthWarning, SAEConfigError
+from writelens.errors import CheckpointError, FeatureHealthWarning, NonFiniteError, SAEConfigError
 from writelens.sae.base import SAE
 from writelens.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from writelens.sae.config import Objective
 from writelens.sae.data import StateDataset
 from writelens.sae.files import atomic_write_bytes, save_sae
+from writelens.sae.finite import check_finite_tensors
 from writelens.sae.health import FeatureHealth, feature_health, init_biases_from_data
 from writelens.sae.metrics import EvalMetrics, evaluate_sae
 from writelens.sae.objectives import ReadMetric, training_weighting
@@ -246,6 +247,8 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         if self.out_dir is None or self.rank != 0:
             return None
+        check_finite_tensors(dict(self.sae.named_parameters()), f"the SAE after step {self.step}", "training "
+                             "diverged and this checkpoint is not written (the last good one is kept); lower lr")
         state = {"train_cfg": self.cfg.to_dict(), "best_val_mse": self.best_val_mse,
                  "resampled_since_log": self.resampled_since_log}
         rng = {"trainer_generator": self.generator.get_state(), "torch_cpu": torch.get_rng_state()}
@@ -260,6 +263,12 @@ class Trainer:
         batch = self.train_data.batch(step, cfg.batch_size, cfg.seed, self.rank, self.world_size).to(self.device)
         self.model.train()
         out = self.model(batch, self.objective)
+        if not bool(torch.isfinite(out.losses.total.detach())):
+            kept = latest_checkpoint(self.out_dir / "checkpoints") if self.out_dir is not None else None
+            raise NonFiniteError(
+                f"the training loss is {float(out.losses.total)} at step {step} (lr {lr_at(step, cfg, self.total_steps):.3g}); "
+                f"training stopped. Last good checkpoint: {kept or 'none (no out_dir, or none saved yet)'}. Lower lr "
+                "or check the data, then resume from it.")
         self.optimizer.zero_grad(set_to_none=True)
         out.losses.total.backward()
         if cfg.project_decoder_grads:
