@@ -123,3 +123,25 @@ def test_extraction_resume_rewrites_a_damaged_shard(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert wl.extract(lens, x, out_dir=tmp_path / "damaged", **kw).written == []
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+    from writelens.sae.train import Trainer
+
+    resumed = TrainConfig(steps=10, batch_size=16, checkpoint_every=5, eval_every=5, progress=False)
+    Trainer(_sae(), StateDataset.from_tensor(_states(seed=1)), resumed, out_dir=tmp_path).run(until_step=5)
+    with pytest.raises(errors.CheckpointError, match="trained on other data"):
+        train_sae(_sae(), StateDataset.from_tensor(_states(seed=2)), resumed, out_dir=tmp_path)
+    assert train_sae(_sae(), StateDataset.from_tensor(_states(seed=1)), resumed, out_dir=tmp_path).steps == 10
+
+
+def test_shard_fingerprint_follows_the_shards(tmp_path):
+    lens = wl.WriteLens(qwen35(layers=2, hk=1, hv=2))
+    kw = dict(sites=[(0, 0)], positions_per_seq=3, seed=0, seqs_per_shard=2, progress=False)
+    wl.extract(lens, ids(4, 10, seed=3), out_dir=tmp_path / "a", **kw)
+    wl.extract(lens, ids(4, 10, seed=3), out_dir=tmp_path / "b", **kw)
+    wl.extract(lens, ids(4, 10, seed=5), out_dir=tmp_path / "c", **kw)
+    fp = {k: StateDataset.from_shards(tmp_path / k, 0, 0).fingerprint() for k in "abc"}
+    assert fp["a"] == fp["b"] != fp["c"]
+    data = StateDataset.from_shards(tmp_path / "a", 0, 0)
+    assert data.subset(torch.arange(3)).fingerprint() != fp["a"]

@@ -14,6 +14,8 @@ of their rows. Rows are ``[d_k, d_v]`` states, or ``[H, d_k, d_v]`` for several 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -21,9 +23,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from jaxtyping import Float, Int
+from safetensors import safe_open
 from torch import Tensor
 
 from writelens.errors import ExtractionError, SAEConfigError
+from writelens.sae.files import tensors_sha256
 from writelens.sae.finite import check_finite_rows
 from writelens.sae.shards import ShardReader
 
@@ -57,6 +61,9 @@ class _MemorySource:
     def describe(self, chunk: int) -> str:
         return "the in-memory training states (rows counted from 0)"
 
+    def fingerprint(self) -> str:
+        return "memory:" + tensors_sha256({"states": self.states})
+
 
 class _ShardSource:
     """One chunk per shard index of one layer; several heads are stacked along dim 1."""
@@ -69,6 +76,16 @@ class _ShardSource:
 
     def seq_ids(self, chunk: int) -> Tensor:
         return self.reader.read(self.layer, self.heads[0], self.indices[chunk], ("seq_ids",))["seq_ids"]
+
+    def fingerprint(self) -> str:
+        """The extraction (its metadata) and each shard's recorded SHA256 (header only; size where none)."""
+        parts = [json.dumps(self.reader.metadata.to_dict(), sort_keys=True), str(self.layer), str(self.heads)]
+        for head in self.heads:
+            for index in self.indices:
+                path = self.reader.path(self.layer, head, index)
+                with safe_open(str(path), framework="pt") as handle:
+                    parts.append((handle.metadata() or {}).get("sha256") or f"size:{path.stat().st_size}")
+        return "shards:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
 
     def describe(self, chunk: int) -> str:
         index = self.indices[chunk]
@@ -173,6 +190,13 @@ class StateDataset:
     @property
     def state_shape(self) -> tuple[int, ...]:
         return tuple(self._load_chunk(0).shape[1:])
+
+    def fingerprint(self) -> str:
+        """SHA256 of what this dataset serves: its source (the states, or the extraction and its shards' hashes),
+        its rows and their sequence ids. Training records it and refuses to resume on another."""
+        digest = hashlib.sha256(self._source.fingerprint().encode())
+        digest.update(tensors_sha256({"rows": self.rows, "seq_ids": self.seq_ids}).encode())
+        return digest.hexdigest()
 
     def _load_chunk(self, chunk: int) -> Tensor:
         if chunk in self._cache:

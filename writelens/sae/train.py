@@ -13,6 +13,7 @@ and firing statistics all-reduced, so every rank holds identical weights.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -213,6 +214,11 @@ class Trainer:
 
     # ---- run directory, resume -----------------------------------------------------------------------------
 
+    @functools.cached_property
+    def data_fingerprint(self) -> str:
+        """:meth:`StateDataset.fingerprint` of the training data (recorded in checkpoints, checked on resume)."""
+        return self.train_data.fingerprint()
+
     def _prepare_out_dir(self, resume: bool) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.out_dir / "train_cfg.json"
@@ -226,6 +232,11 @@ class Trainer:
                     f"{self.out_dir} holds a run with another TrainConfig (fields {sorted(set(changed) - RESUMABLE_CHANGES)} "
                     "differ); resume it with the same config, use a fresh out_dir, or pass resume=False."
                 )
+            if state.get("data_fingerprint") not in (None, self.data_fingerprint):
+                raise CheckpointError(
+                    f"{self.out_dir} holds a run trained on other data (fingerprint {state['data_fingerprint'][:12]}… "
+                    f"vs this data's {self.data_fingerprint[:12]}…); resume on the same data, use a fresh out_dir, "
+                    "or pass resume=False.")
             self.step = state["step"]
             self.best_val_mse = state.get("best_val_mse", math.inf)
             self.resampled_since_log = state.get("resampled_since_log", 0)
@@ -250,6 +261,7 @@ class Trainer:
         check_finite_tensors(dict(self.sae.named_parameters()), f"the SAE after step {self.step}", "training "
                              "diverged and this checkpoint is not written (the last good one is kept); lower lr")
         state = {"train_cfg": self.cfg.to_dict(), "best_val_mse": self.best_val_mse,
+                 "data_fingerprint": self.data_fingerprint,
                  "resampled_since_log": self.resampled_since_log}
         rng = {"trainer_generator": self.generator.get_state(), "torch_cpu": torch.get_rng_state()}
         return save_checkpoint(self.out_dir / "checkpoints", self.step, self.sae, self.optimizer, state, rng,
