@@ -41,6 +41,7 @@ from writelens.sae.shards import (
     ShardWriter,
     site_dir_name,
 )
+from writelens.validate import check_out_dir
 
 ROWS_PER_SHARD = 4096
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -208,7 +209,7 @@ def extract(lens, tokens_or_texts, sites=None, target: str = "sampled_positions"
             "token_sha256": _fingerprint(sequences),
         },
     )
-    out = Path(out_dir)
+    out = check_out_dir(out_dir, "out_dir")
     _prepare(out, metadata, overwrite)
     writer = ShardWriter(out)
     mine = [i for i in range(n_shards) if i % world_size == rank]
