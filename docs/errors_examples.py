@@ -29,6 +29,8 @@ EXAMPLES: list[tuple[str, str]] = [
     ("MissingTokenizerError", "with wl.WriteLens(lens.model).trace('text needs a tokenizer'):\n    pass"),
     ("SiteNotCapturedError", "lens.run(ids, cache=True, sites=[(0, 0)]).cache.write(1, 0)"),
     ("SAEConfigError", "wl.sae.BilinearSAE(d_k=4, d_v=4, n_features=8, k=16)"),
+    ("SAEProvenanceError", "from writelens.experiments import replacement_test\n"
+                           "replacement_test(lens, wl.zoo.load_sae('gdn-tiny', 4, 1), (4, 2), ids)  # L4H1's SAE at L4H2"),
     ("CheckpointError", "wl.sae.load_sae(tmp)"),
     ("ChecksumError", "p = wl.sae.BilinearSAE(d_k=4, d_v=4, n_features=8, k=2).save(tmp) / 'sae_weights.safetensors'\n"
                       "b = bytearray(p.read_bytes()); b[-1] ^= 255; p.write_bytes(bytes(b))\n"

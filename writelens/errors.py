@@ -83,6 +83,13 @@ class SAEConfigError(WriteLensError, ValueError):
     """An SAE or trainer configuration is invalid (unknown architecture, k > n_features, ...)."""
 
 
+class SAEProvenanceError(WriteLensError, ValueError):
+    """An SAE recorded for another site, target (states vs writes) or model config than the one it is used on.
+
+    Fix: use the SAE trained for this site, or pass ``allow_foreign_sae=True`` in the experiment's options.
+    """
+
+
 class CheckpointError(WriteLensError, OSError):
     """A checkpoint folder or file is missing, truncated, foreign (not a writelens / reference layout) or does
     not match its config."""

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from writelens.errors import ExtractionError
+from writelens.provenance import config_sha256
 from writelens.sae.shards import (
     METADATA_FILE,
     TARGETS,
@@ -201,6 +202,7 @@ def extract(lens, tokens_or_texts, sites=None, target: str = "sampled_positions"
         extra={
             "model": getattr(config, "_name_or_path", "") or type(lens.model).__name__,
             "model_class": type(lens.model).__name__,
+            "model_config_sha256": config_sha256(lens.model),
             "tokenizer": getattr(lens.tokenizer, "name_or_path", None) if lens.tokenizer is not None else None,
             "positions": {"target": target, "positions_per_seq": positions_per_seq, "min_position": min_position,
                           "sampling": "numpy.random.default_rng([seed, seq_id]).choice without replacement"},

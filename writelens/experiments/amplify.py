@@ -60,6 +60,8 @@ class AmplifyOptions(JsonMixin):
     n_bootstrap: int = 2000
     scan_batch: int = 8
     progress: bool = True
+    #: use an SAE recorded for another site / target / model anyway (see writelens.provenance)
+    allow_foreign_sae: bool = False
 
 
 @dataclass
@@ -134,7 +136,8 @@ def feature_amplification(lens, sae, site, selection_passages, prompts, property
     options = options or AmplifyOptions()
     started = time.perf_counter()
     layer, head = site_tuple(site)
-    sae = single_head_sae(sae, head)
+    sae = single_head_sae(sae, head, lens=lens, layer=layer, allow_foreign=options.allow_foreign_sae,
+                          what="amplify")
     tokenizer = tokenizer if tokenizer is not None else lens.tokenizer
     sel = as_passages(selection_passages)
     prop = {int(t) for t in property_tokens}

@@ -16,6 +16,7 @@ from torch import Tensor
 from writelens.edits import Edit
 from writelens.errors import ExperimentError, SAEInputError
 from writelens.experiments.base import progress
+from writelens.provenance import check_sae_provenance
 
 KLPosition = Literal["last", "next", "mean_from_t"]
 KLDirection = Literal["native_edited", "edited_native"]
@@ -32,9 +33,14 @@ def site_tuple(site: Any) -> tuple[int, int]:
     return int(layer), int(head)
 
 
-def single_head_sae(sae: Any, head: int) -> Any:
+def single_head_sae(sae: Any, head: int, *, lens: Any = None, layer: int | None = None, target: str | None = "states",
+                    allow_foreign: bool = False, what: str = "this experiment") -> Any:
     """The SAE of one head: ``sae`` itself, or ``sae.head(i)`` of a stacked SAE, where ``i`` is the position of
-    ``head`` in ``sae.cfg.metadata['heads']`` when recorded (else ``head``)."""
+    ``head`` in ``sae.cfg.metadata['heads']`` when recorded (else ``head``). With ``lens`` and ``layer``, first
+    :func:`~writelens.provenance.check_sae_provenance` (refuses an SAE recorded for another site / target / model
+    unless ``allow_foreign``)."""
+    if lens is not None and layer is not None:
+        check_sae_provenance(sae, lens.model, layer, head, target=target, allow_foreign=allow_foreign, what=what)
     if sae is None or not getattr(sae, "stacked", False):
         return sae
     heads = list(sae.cfg.metadata.get("heads", range(sae.cfg.n_heads)))

@@ -63,6 +63,8 @@ class ErasureOptions(JsonMixin):
     batch_rows: int = 48
     scan_batch: int = 8
     progress: bool = True
+    #: use an SAE recorded for another site / target / model anyway (see writelens.provenance)
+    allow_foreign_sae: bool = False
 
 
 @dataclass
@@ -147,7 +149,8 @@ def slot_erasure(lens, sae, site, passages, feature: int, options: ErasureOption
     options = options or ErasureOptions()
     started = time.perf_counter()
     layer, head = site_tuple(site)
-    sae = single_head_sae(sae, head)
+    sae = single_head_sae(sae, head, lens=lens, layer=layer, allow_foreign=options.allow_foreign_sae,
+                          what="erasure")
     ids = as_passages(passages)
     n, length = ids.shape
     scan = scan_site(lens, sae, (layer, head), ids, min_position=options.min_position, batch_size=options.scan_batch,

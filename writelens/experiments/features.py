@@ -67,7 +67,8 @@ def _decode_one(tokenizer, tok: int) -> str:
 
 @torch.no_grad()
 def feature_card(lens, sae, site, passages, feature: int, *, n_contexts: int = 12, window: int = 12,
-                 n_tokens: int = 10, tokenizer=None, scan=None, progress: bool = True) -> FeatureCard:
+                 n_tokens: int = 10, tokenizer=None, scan=None, progress: bool = True,
+                 allow_foreign_sae: bool = False) -> FeatureCard:
     """Build the card of ``feature`` at ``site`` from ``passages`` (token ids [N, T]).
 
     Args:
@@ -76,7 +77,7 @@ def feature_card(lens, sae, site, passages, feature: int, *, n_contexts: int = 1
         scan: a :class:`writelens.experiments.common.Scan` of the same passages to reuse (saves a pass).
     """
     layer, head = site_tuple(site)
-    sae = single_head_sae(sae, head)
+    sae = single_head_sae(sae, head, lens=lens, layer=layer, allow_foreign=allow_foreign_sae, what="feature_card")
     tokenizer = tokenizer if tokenizer is not None else lens.tokenizer
     ids = as_passages(passages)
     if scan is None:

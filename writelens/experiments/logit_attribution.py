@@ -79,6 +79,8 @@ class AttributionOptions(JsonMixin):
     batch_rows: int = 48
     scan_batch: int = 8
     progress: bool = True
+    #: use an SAE recorded for another site / target / model anyway (see writelens.provenance)
+    allow_foreign_sae: bool = False
 
 
 @dataclass
@@ -164,7 +166,8 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
     options = options or AttributionOptions()
     started = time.perf_counter()
     layer, head = site_tuple(site)
-    sae = single_head_sae(sae, head)
+    sae = single_head_sae(sae, head, lens=lens, layer=layer, allow_foreign=options.allow_foreign_sae, target=None,
+                          what="logit attribution")
     ids = as_passages(passages)
     n, length = ids.shape
     per_h = [list(options.horizons)] * n if horizons is None else [[int(h) for h in hs] for hs in horizons]

@@ -26,11 +26,13 @@ import torch
 from torch import Tensor
 
 from writelens.edits import Delete, Edit, RandomAtom, Replace
+from writelens.errors import ExperimentError
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin
 from writelens.experiments.common import kl_from_logits, run_rows
 from writelens.experiments.floor import NoiseFloor, noise_floor, null_edits
 from writelens.experiments.recall_map import cell_positions, probe_batch, target_pair
+from writelens.provenance import check_sae_provenance, model_provenance
 from writelens.tasks.mqar import PAD, MQARConfig, make_batch
 
 __all__ = ["RecallSAEOptions", "organism_writes", "train_recall_saes", "RecoveryResult", "sae_recovery",
@@ -94,7 +96,8 @@ def train_recall_saes(lens, task: MQARConfig, heads: list[tuple[int, int]], opti
         data = writes[(layer, head)]
         site = lens.site(layer, head)
         sae = BilinearSAE(d_k=site.d_k, d_v=site.d_v, n_features=o.n_features, k=o.k, rank=1, seed=o.seed,
-                          metadata={"model": model_name, "layer": layer, "head": head, "target": "writes"})
+                          metadata={**model_provenance(lens.model, model_name), "layer": layer, "head": head,
+                                    "target": "writes"})
         cfg = TrainConfig(lr=o.lr, lr_min=o.lr / 10, warmup_steps=50, batch_size=o.batch_size, steps=o.steps,
                           seed=o.seed, val_fraction=0.1, eval_every=o.steps, log_every=max(1, o.steps // 10),
                           resample_every=250, progress=False, read_weight=o.read_weight)
@@ -120,6 +123,14 @@ def top_features(sae, writes: Tensor) -> tuple[Tensor, Tensor]:
         idx = codes.indices.gather(-1, best[:, None])[:, 0]
         val = contrib.gather(-1, best[:, None])[:, 0]
     return torch.where(val > 0, idx, -1), val.clamp_min(0.0)
+
+
+def _check_saes(lens, cells: list[Cell], saes: dict, what: str) -> None:
+    """Every located cell's head has an SAE, recorded (where it records it) for that site and for writes."""
+    for layer, h, _off in cells:
+        if (layer, h) not in saes:
+            raise ExperimentError(f"{what}: no SAE for L{layer}H{h}; pass saes={{(layer, head): sae}} for every cell.")
+        check_sae_provenance(saes[(layer, h)], lens.model, layer, h, target="writes", what=what)
 
 
 def _cell_writes(lens, b, cells: list[Cell]) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
@@ -184,6 +195,7 @@ def sae_recovery(lens, task: MQARConfig, cells: list[Cell], saes: dict, options:
                  ) -> RecoveryResult:
     """Match each located pair-holding write with its head's top SAE feature (see the module docstring)."""
     o = options or RecallSAEOptions()
+    _check_saes(lens, cells, saes, "sae_recovery")
     b = probe_batch(task, o.n_pairs, o.n_recovery_passages, o.seed)
     key_tok = b.keys[torch.arange(len(b.ids)), target_pair(b)]
     res = RecoveryResult(o, list(cells))
@@ -280,6 +292,7 @@ def sae_replacement_known(lens, task: MQARConfig, cells: list[Cell], saes: dict,
                           batch_rows: int = 64) -> KnownReplacementResult:
     """Replace the target pair's located writes by their top atoms, measured at the answer (see module doc)."""
     o = options or RecallSAEOptions()
+    _check_saes(lens, cells, saes, "sae_replacement_known")
     b = probe_batch(task, o.n_pairs, o.n_passages, o.seed + 1)
     rows_idx = torch.arange(len(b.ids))
     qpos, answer = b.query_pos[:, 0], b.answers[:, 0]

@@ -98,6 +98,8 @@ class ReplacementOptions(JsonMixin):
     batch_rows: int = 48
     scan_batch: int = 8
     progress: bool = True
+    #: use an SAE recorded for another site / target / model anyway (see writelens.provenance)
+    allow_foreign_sae: bool = False
 
 
 @dataclass
@@ -317,7 +319,8 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
     options = options or ReplacementOptions()
     started = time.perf_counter()
     layer, head = site_tuple(site)
-    sae = single_head_sae(sae, head)
+    sae = single_head_sae(sae, head, lens=lens, layer=layer, allow_foreign=options.allow_foreign_sae,
+                          what="replacement")
     if options.baseline == "flat_svd" and flat_sae is None:
         raise ExperimentError("baseline='flat_svd' needs flat_sae= (a FlatSAE trained on the same site).")
     ids = as_passages(passages)

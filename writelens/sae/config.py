@@ -40,7 +40,8 @@ class SAEConfig:
         jumprelu_bandwidth: width h of the rectangle kernel of the JumpReLU straight-through estimator.
         jumprelu_init_threshold: initial JumpReLU threshold theta (stored as log theta).
         batchtopk_threshold_decay: EMA decay of the BatchTopK inference threshold.
-        metadata: free-form provenance (model, layer, head, target, ...); saved, never interpreted.
+        metadata: provenance (model, model_config_sha256, layer, head, target, ...); experiments check it
+            against the site they use the SAE on (:mod:`writelens.provenance`); other keys are free-form.
     """
 
     architecture: str

@@ -77,6 +77,15 @@ class _ShardSource:
     def seq_ids(self, chunk: int) -> Tensor:
         return self.reader.read(self.layer, self.heads[0], self.indices[chunk], ("seq_ids",))["seq_ids"]
 
+    @property
+    def provenance(self) -> dict:
+        """What the SAE trained on these rows should record (see :mod:`writelens.provenance`)."""
+        extra = self.reader.metadata.extra
+        out = {"layer": self.layer, "target": self.reader.target, "model": extra.get("model"),
+               "model_config_sha256": extra.get("model_config_sha256")}
+        out.update({"head": self.heads[0]} if len(self.heads) == 1 else {"heads": list(self.heads)})
+        return {k: v for k, v in out.items() if v is not None}
+
     def fingerprint(self) -> str:
         """The extraction (its metadata) and each shard's recorded SHA256 (header only; size where none)."""
         parts = [json.dumps(self.reader.metadata.to_dict(), sort_keys=True), str(self.layer), str(self.heads)]
@@ -190,6 +199,11 @@ class StateDataset:
     @property
     def state_shape(self) -> tuple[int, ...]:
         return tuple(self._load_chunk(0).shape[1:])
+
+    @property
+    def provenance(self) -> dict:
+        """Layer, head(s), target and model of shard-backed data (empty for in-memory states)."""
+        return dict(getattr(self._source, "provenance", {}))
 
     def fingerprint(self) -> str:
         """SHA256 of what this dataset serves: its source (the states, or the extraction and its shards' hashes),

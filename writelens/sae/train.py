@@ -170,6 +170,8 @@ class Trainer:
         if val_data is None and cfg.val_fraction > 0:
             train_data, val_data = train_data.split(cfg.val_fraction, cfg.seed)
         self.train_data, self.val_data = train_data, val_data
+        for key, value in train_data.provenance.items():  # the SAE records where its data came from
+            sae.cfg.metadata.setdefault(key, value)
         expected = (*sae.head_shape, sae.cfg.d_k, sae.cfg.d_v)
         if train_data.state_shape != expected:
             raise SAEConfigError(
