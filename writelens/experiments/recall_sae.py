@@ -31,6 +31,7 @@ from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin
 from writelens.experiments.common import kl_from_logits, run_rows
 from writelens.experiments.floor import NoiseFloor, noise_floor, null_edits
+from writelens.experiments.recall_edits import _write_factors
 from writelens.experiments.recall_map import cell_positions, probe_batch, target_pair
 from writelens.provenance import check_sae_provenance, model_provenance
 from writelens.tasks.mqar import PAD, MQARConfig, make_batch
@@ -135,15 +136,8 @@ def _check_saes(lens, cells: list[Cell], saes: dict, what: str) -> None:
 
 def _cell_writes(lens, b, cells: list[Cell]) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Per cell: (key k̂ [B, d_k], value [B, d_v], coef [B], position [B]) of the target pair's write."""
-    heads = sorted({(layer, h) for layer, h, _ in cells})
-    cache = lens.run(b.ids, cache=True, sites=heads).cache
-    rows = torch.arange(len(b.ids))
-    out = []
-    for layer, h, off in cells:
-        f = cache.write(layer, h)
-        p = cell_positions(b, off)
-        out.append((f.key[rows, p].float(), f.value[rows, p].float(), f.coef[rows, p].float(), p))
-    return out
+    return [(key.float(), value.float(), coef.float(), cell_positions(b, off))
+            for (_l, _h, off), (key, value, coef) in zip(cells, _write_factors(lens, b, cells), strict=True)]
 
 
 def _abs_cos(a: Tensor, b: Tensor) -> Tensor:

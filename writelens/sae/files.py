@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from writelens.errors import CheckpointError, ChecksumError
 from writelens.sae.config import SAEConfig
@@ -100,9 +100,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the folder was not fully written. Re-save or re-download it.")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="pt") as handle:  # one open: the header's metadata and the tensors
             metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{path} could not be read as safetensors ({exc}); it is truncated or not a weights file. "
