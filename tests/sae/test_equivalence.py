@@ -151,3 +151,28 @@ def test_float32_fast_path_close_to_float64_naive():
     ref = naive_forward(sae, x, training=False)
     fast32 = copy.deepcopy(sae).float().eval()
     torch.testing.assert_close(fast32(x.float()).recon.double(), ref.recon[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch,heads", [("bilinear", None), ("bilinear", 2), ("matrix", None), ("flat", 2)])
+def test_aux_with_fewer_dead_features_than_k_aux_matches_naive(arch, heads):
+    """On CPU the AuxK pass decodes only as many features as are dead (here 2 or 3 of k_aux = 20): loss and gradients
+    equal the naive form, which decodes all k_aux (the rest enter with value 0)."""
+    sae = _make(arch, "topk", heads)
+    with torch.no_grad():
+        sae.steps_since_active.zero_()
+        flat = sae.steps_since_active.view(-1, sae.cfg.n_features)
+        flat[:, [2, 9]] = 500
+        flat[-1, 17] = 500  # one head has a third dead feature
+    objective = Objective(lambda_aux=0.5, k_aux=20, dead_window=100, lambda_sparsity=0.0)
+    fast, naive = copy.deepcopy(sae).train(), copy.deepcopy(sae).train()
+    x1 = _states(sae).requires_grad_(True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    out = fast(x1, objective)
+    ref = naive_forward(naive, x2, objective)
+    assert float(ref.aux.detach().sum()) > 0
+    torch.testing.assert_close(out.losses.aux.reshape(-1), ref.aux)
+    out.losses.total.backward()
+    ref.total.backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    for (name, p), q in zip(fast.named_parameters(), naive.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=f"gradient of {name}")

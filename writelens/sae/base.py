@@ -269,11 +269,15 @@ class SAE(nn.Module):
     def _aux_loss(self, preacts_at, pre: Tensor, residual: Tensor, dead: Tensor, k_aux: int) -> Tensor:
         """AuxK (Gao et al. 2024): the top ``k_aux`` dead features rebuild the detached residual (no bias).
 
-        Dead features are selected on device without a host sync on CUDA; on CPU the pass is skipped when
-        no feature is dead (the check is free there)."""
-        if not pre.is_cuda and not bool(dead.any()):
-            return torch.zeros(pre.shape[0], dtype=pre.dtype, device=pre.device)
+        Dead features are selected on device without a host sync on CUDA. On CPU (where the count is free) the pass
+        is skipped when no feature is dead and decodes at most as many features as are dead: the others would enter
+        with value 0, so the loss is the same and the cost is that of the dead features, not of ``k_aux``."""
         k_aux = min(k_aux, self.cfg.n_features)
+        if not pre.is_cuda:
+            n_dead = int(dead.sum(-1).max()) if dead.numel() else 0
+            if n_dead == 0:
+                return torch.zeros(pre.shape[0], dtype=pre.dtype, device=pre.device)
+            k_aux = min(k_aux, n_dead)
         masked = pre.masked_fill(~dead[:, None, :], float("-inf"))
         indices = torch.topk(masked, k_aux, dim=-1).indices
         valid = gather_features(dead, indices)
