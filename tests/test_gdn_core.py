@@ -225,13 +225,13 @@ def test_prefix_reuse_equals_full_forward_and_oracle(lens):
     for row in range(6):
         mine = [e for e in edits if e.batch == row]
         assert rel(lens.run(x, edits=mine).logits, lens.run(x, edits=mine, oracle=True).logits) < TOL
-    import writelens.fastpath as fastpath
+    import writelens.sites.prefix as prefix
 
     calls = []
-    real = fastpath._prefix_cache
-    fastpath._prefix_cache = lambda *a: calls.append(a[-1]) or real(*a)
+    real = prefix.prefix_cache
+    prefix.prefix_cache = lambda *a: calls.append(a[3]) or real(*a)
     try:
         lens.run(x, edits=edits[:1])
     finally:
-        fastpath._prefix_cache = real
+        prefix.prefix_cache = real
     assert calls == [30]  # the continuation path ran, from position 30

@@ -1,126 +1,134 @@
-"""Edited runs that reuse the native prefix.
+"""Edited runs at their compute floor: one native pass, then each edited row costs only what its edits change.
 
-An edited row differs from the native run only from the lowest edited layer ``L`` on, and only from its first edit
-position ``s0`` on. So: run the native forward once over the distinct rows (recording the input of layer ``L``, the
-pre-conv streams and kernel calls of the recurrent layers, and the attention KV), then, for groups of edited rows,
-continue from an HF cache built at ``s0`` — attention KV of ``[0, s0)``, conv history and exact recurrent states at
-``s0 − 1`` — running only positions ``[s0, T)``, with layers below ``L`` short-circuited to their recorded output.
-The result equals the full edited forward (tested); it is what makes thousands of firings cheap.
+An edit at layer ``l``, position ``p`` changes nothing below ``l`` and nothing before ``p``. A :class:`NativePass`
+runs the native forward over a set of passages once and keeps what continuing from any (layer, position) needs
+(``FamilyAdapter.record_native``: layer inputs, the recurrent layers' kernel calls and conv / token-shift inputs,
+attention KV). Each edited row then runs only positions ``[s0, T)`` of layers ``≥ l`` (``continue_rows``), the
+edit applied exactly by the interceptors; positions before the row's first edit are the native logits, bit for
+bit. Rows are continued in groups of nearby first positions, sharing one forward.
+
+``lens.run(ids, edits=...)`` uses a one-off native pass; the experiments (replacement, population, erasure,
+attribution, the organisms' replacement) keep one per chunk of passages for all of their edited rows
+(``writelens.experiments.common.run_rows``).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from writelens.edits import Edit, edit_positions, edit_rows
-from writelens.sites.base import RunSession, session_scope
+from writelens.errors import BatchRowOutOfRangeError, EditConflictError, NonFiniteError
+from writelens.lens_inputs import as_edits
 
-GROUP_ROWS = 8  # edited rows continued together (sorted by first edit position, so little is recomputed)
+__all__ = ["NativePass", "run_with_prefix_reuse", "GROUP_ROWS"]
 
-
-@contextlib.contextmanager
-def _short_circuit(layers: Sequence[torch.nn.Module], hidden: Tensor) -> Iterator[None]:
-    """Make ``layers`` return ``hidden`` without computing (instance-level forward override)."""
-
-    def skip(*args, **kwargs):
-        return hidden
-
-    for layer in layers:
-        layer.forward = skip
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward
+GROUP_ROWS = 16  # edited rows continued in one forward at most
+SLACK = 8  # a group admits rows starting up to (T − s0) / SLACK positions after its first row (recomputed natively)
 
 
-def _record_inputs(layers: dict[int, torch.nn.Module], store: dict[int, Tensor]):
-    handles = []
-    for idx, layer in layers.items():
-        def hook(module, args, kwargs, idx=idx):
-            hs = args[0] if args else kwargs["hidden_states"]
-            store[idx] = hs.detach()
+class NativePass:
+    """The native forward over ``passages`` [N, T], kept so that edited rows of them cost only their suffix.
 
-        handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-    return handles
+    ``layers``: every layer an edited row's lowest edit may sit at (their inputs are recorded; what the passes
+    keep grows with ``T − min(layers)`` layers' worth of kernel inputs, see the docs' performance page).
+    ``logits`` [N, T, V] are the native logits.
+    """
+
+    def __init__(self, lens: Any, passages: Int[Tensor, "N T"], layers: Iterable[int]):
+        self.lens = lens
+        self.adapter = lens.adapter
+        self.passages = passages
+        self.layers = sorted({int(x) for x in layers})
+        if not self.layers:
+            raise EditConflictError("NativePass needs at least one layer that edited rows start at (layers=[...]).")
+        self.record = self.adapter.record_native(passages, self.layers)
+
+    @property
+    def logits(self) -> Float[Tensor, "N T V"]:
+        return self.record.logits
+
+    def run(self, rows: Sequence[tuple[int, Sequence[Edit]]],
+            reduce: Callable[[int, Float[Tensor, "T V"]], Any] | None = None) -> list[Any]:
+        """Each row (passage index, edits of that row; an edit's ``batch`` is ignored: it applies to its row) run
+        with the exact edit engine; returns ``reduce(i, logits_i)`` per row in order (the logits [T, V] when
+        ``reduce`` is None). A row without edits gets the native logits."""
+        T = self.passages.shape[1]
+        plans = []
+        for i, (p, edits) in enumerate(rows):
+            edits = [dataclasses.replace(e, batch=0) for e in as_edits(edits)]
+            edits = self.lens._check_edits(edits, 1, T)
+            if not 0 <= int(p) < self.passages.shape[0]:
+                raise BatchRowOutOfRangeError(f"row {i} names passage {int(p)} but this NativePass holds "
+                                              f"{self.passages.shape[0]} passages (0..{self.passages.shape[0] - 1}).")
+            if not edits:
+                plans.append((T, 0, i, int(p), edits))
+                continue
+            low = min(e.layer for e in edits)
+            if low not in self.layers:
+                raise EditConflictError(
+                    f"row {i} edits layer {low} first, but this NativePass recorded layers {self.layers}; "
+                    "build it with layers= including every layer the rows' lowest edits sit at.")
+            plans.append((min(p for e in edits for p in edit_positions(e)), low, i, int(p), edits))
+        out: list[Any] = [None] * len(rows)
+        native = self.record.logits
+        todo = sorted(pl for pl in plans if pl[4])
+        for pl in plans:
+            if not pl[4]:
+                out[pl[2]] = _reduced(reduce, pl[2], native[pl[3]])
+        for group in _groups(todo, T):
+            s0 = group[0][0]
+            low = min(pl[1] for pl in group)
+            src = torch.tensor([pl[3] for pl in group], device=self.passages.device)
+            edits = [dataclasses.replace(e, batch=j) for j, pl in enumerate(group) for e in pl[4]]
+            suffix = self.adapter.continue_rows(self.record, src, s0, low, edits)
+            if not torch.isfinite(suffix).all():
+                raise NonFiniteError(
+                    "The edited run produced NaN/inf logits; an edit's magnitude is probably enormous — "
+                    "check Replace/Add scales and Install magnitudes.")
+            for j, (first, _low, i, p, _e) in enumerate(group):
+                full = native[p].clone()
+                full[first:] = suffix[j, first - s0 :]
+                out[i] = _reduced(reduce, i, full)
+            del suffix
+        return out
 
 
-def run_with_prefix_reuse(lens, ids: Tensor, edits: list[Edit]) -> Tensor:
-    """Logits [B, T, V] of the edited run, computed by native prefix reuse (see module docstring)."""
-    adapter = lens.adapter
-    B, T = ids.shape
-    uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)
+def _reduced(reduce, i: int, logits: Tensor) -> Any:
+    return logits if reduce is None else reduce(i, logits)
+
+
+def _groups(plans: list[tuple], T: int) -> list[list[tuple]]:
+    """Rows sorted by first position cut into groups of at most GROUP_ROWS whose first positions lie within
+    (T − s0) / SLACK of the group's first."""
+    groups: list[list[tuple]] = []
+    for pl in plans:
+        g = groups[-1] if groups else None
+        if g is not None and len(g) < GROUP_ROWS and pl[0] - g[0][0] <= max(0, (T - g[0][0]) // SLACK):
+            g.append(pl)
+        else:
+            groups.append([pl])
+    return groups
+
+
+def run_with_prefix_reuse(lens: Any, ids: Int[Tensor, "B T"], edits: list[Edit]) -> Float[Tensor, "B T V"]:
+    """Logits [B, T, V] of the edited run through a one-off :class:`NativePass` over the distinct rows of ``ids``."""
+    B = ids.shape[0]
     per_row: dict[int, list[Edit]] = {}
     for e in edits:
         for r in edit_rows(e, B):
             per_row.setdefault(r, []).append(e)
-    low_layers = {min(e.layer for e in es) for es in per_row.values()}
-    first_low = min(low_layers)
-    rec_layers = [i for i in adapter.layer_modules if i >= first_low]
-
-    # 1. native pass over the distinct rows
-    inputs: dict[int, Tensor] = {}
-    handles = _record_inputs({i: adapter.layers[i] for i in low_layers}, inputs)
-    session = RunSession(capture=frozenset(rec_layers), capture_conv=frozenset(rec_layers))
-    native_cache = adapter.new_cache()
-    try:
-        with torch.no_grad(), session_scope(session, adapter.layer_modules):
-            native = adapter.forward(uniq, cache=native_cache, use_cache=True).logits
-    finally:
-        for h in handles:
-            h.remove()
-    logits = native[inverse].clone()
-
-    # 2. groups of edited rows, sorted by first edit position
-    rows = sorted(per_row, key=lambda r: min(p for e in per_row[r] for p in edit_positions(e)))
-    for g0 in range(0, len(rows), GROUP_ROWS):
-        group = rows[g0 : g0 + GROUP_ROWS]
-        group_edits = [(r, e) for r in group for e in per_row[r]]
-        s0 = min(p for _, e in group_edits for p in edit_positions(e))
-        low = min(e.layer for _, e in group_edits)
-        src = inverse[torch.tensor(group)]
-        remapped = [_remap(e, i) for i, r in enumerate(group) for e in per_row[r]]
-        # s0 == 0: no prefix to reuse, but the layers below `low` are still short-circuited (fresh cache)
-        cache = adapter.new_cache() if s0 == 0 else _prefix_cache(adapter, native_cache, session, src, s0)
-        hidden = inputs[low][src, s0:]
-        pos_ids = torch.arange(s0, T, device=ids.device)[None].expand(len(group), -1)
-        run = RunSession(edits=remapped, start_pos=s0)
-        with torch.no_grad(), _short_circuit([adapter.layers[i] for i in range(low)], hidden), \
-                session_scope(run, adapter.layer_modules):
-            out = adapter.forward(ids[group, s0:], cache=cache, use_cache=True, position_ids=pos_ids)
-        logits[group, s0:] = out.logits
+    uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)
+    if len(uniq) == B:  # distinct rows: the native pass over ids itself (its logits are the unedited run's, bitwise)
+        uniq, inverse = ids, torch.arange(B, device=ids.device)
+    native = NativePass(lens, uniq, {min(e.layer for e in es) for es in per_row.values()})
+    logits = native.logits[inverse].clone()
+    order = sorted(per_row)
+    for r, row_logits in zip(order, native.run([(int(inverse[r]), per_row[r]) for r in order]), strict=True):
+        logits[r] = row_logits
     return logits
-
-
-def _remap(edit: Edit, row: int) -> Edit:
-    from dataclasses import replace
-
-    return replace(edit, batch=row)
-
-
-def _prefix_cache(adapter, native_cache, session: RunSession, src: Tensor, s0: int):
-    """An HF cache holding positions [0, s0) of the native rows ``src``."""
-    cache = adapter.new_cache()
-    for i, layer in enumerate(cache.layers):
-        if i in adapter.layer_modules:
-            if i not in session.calls:
-                continue  # below every edited layer: short-circuited, never read
-            call = session.calls[i][0]
-            state = adapter.hf_state(call, s0 - 1)[src]
-            conv_in = session.conv_inputs[i][src]  # [n, conv_dim, T]
-            k = adapter.conv_kernel_size(i)
-            hist = conv_in[..., max(0, s0 - k) : s0]
-            if hist.shape[-1] < k:
-                hist = torch.nn.functional.pad(hist, (k - hist.shape[-1], 0))
-            layer.lazy_initialization(conv_states=hist, conv_kernel_size=k)
-            layer.conv_states[0].copy_(hist)
-            layer.update_recurrent_state(state.to(layer.dtype or state.dtype).contiguous())
-            layer.has_previous_state[0] = True
-        else:
-            src_layer = native_cache.layers[i]
-            layer.update(src_layer.keys[src, :, :s0].clone(), src_layer.values[src, :, :s0].clone())
-    return cache

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from writelens import lens_inputs
+from writelens import fastpath, lens_inputs
 from writelens.cache import WriteCache
 from writelens.edits import Edit, edit_positions
 from writelens.errors import (
@@ -193,7 +193,7 @@ class WriteLens:
         edits = self._check_edits(edits, *ids.shape, mask=None if attention_mask is None else attention_mask.cpu())
         if (edits and _fast and self.adapter.supports_prefix_reuse and not (cache or use_cache or oracle)
                 and attention_mask is None):
-            logits = self.adapter.run_with_prefix_reuse(self, ids, edits)
+            logits = fastpath.run_with_prefix_reuse(self, ids, edits)
             if not torch.isfinite(logits).all():
                 raise NonFiniteError(
                     "The edited run produced NaN/inf logits; an edit's magnitude is probably enormous — "

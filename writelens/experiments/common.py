@@ -4,7 +4,6 @@ one firing per row."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from torch import Tensor
 from writelens.edits import Edit
 from writelens.errors import ExperimentError, SAEInputError
 from writelens.experiments.base import progress
+from writelens.fastpath import NativePass
 from writelens.provenance import check_sae_provenance
 
 KLPosition = Literal["last", "next", "mean_from_t"]
@@ -197,9 +197,35 @@ def scan_site(lens, sae: Any, site: Any, passages: Int[Tensor, "N T"], *, min_po
 def run_rows(lens, passages: Int[Tensor, "N T"], rows: Sequence[tuple[int, Sequence[Edit]]],
              reduce: Callable[[int, Float[Tensor, "T V"]], Any], *, batch_rows: int = 48, desc: str = "edited runs",
              show: bool = True) -> list[Any]:
-    """Run each row (passage index, edits of that row) with the exact edit engine, many rows per forward (one
-    row per firing: each edit is re-targeted with ``batch=`` its row), and return ``reduce(i, logits_i)`` per row
-    in order. Rows of the same passage should be adjacent: distinct passages of a chunk run natively once."""
+    """Run each row (passage index, edits of that row) with the exact edit engine and return
+    ``reduce(i, logits_i)`` per row in order. The passages run natively once per chunk of ``batch_rows`` distinct
+    passages (a :class:`writelens.fastpath.NativePass`); every row then costs only the layers and positions its
+    edits change (``writelens.fastpath``)."""
+    out: list[Any] = [None] * len(rows)
+    if not lens.adapter.supports_prefix_reuse:
+        return _run_rows_full(lens, passages, rows, reduce, batch_rows=batch_rows, desc=desc, show=show)
+    by_passage: dict[int, list[int]] = {}
+    for i, (p, _) in enumerate(rows):
+        by_passage.setdefault(int(p), []).append(i)
+    order = list(by_passage)
+    chunks = [order[c : c + max(1, batch_rows)] for c in range(0, len(order), max(1, batch_rows))]
+    for chunk in progress(chunks, total=len(chunks), desc=desc, enabled=show):
+        local = {p: j for j, p in enumerate(chunk)}
+        mine = [i for p in chunk for i in by_passage[p]]
+        layers = {min(e.layer for e in rows[i][1]) for i in mine if rows[i][1]} or {lens.recurrent_layers[0]}
+        native = NativePass(lens, passages[torch.tensor(chunk)], layers)
+        results = native.run([(local[int(rows[i][0])], rows[i][1]) for i in mine],
+                             lambda j, logits, mine=mine: reduce(mine[j], logits))
+        for i, r in zip(mine, results, strict=True):
+            out[i] = r
+        del native
+    return out
+
+
+def _run_rows_full(lens, passages, rows, reduce, *, batch_rows: int, desc: str, show: bool) -> list[Any]:
+    """:func:`run_rows` for a family without native-pass continuation: full edited forwards, one row per firing."""
+    import dataclasses
+
     out: list[Any] = [None] * len(rows)
     for start in progress(range(0, len(rows), batch_rows), total=-(-len(rows) // batch_rows), desc=desc,
                           enabled=show):
@@ -209,5 +235,4 @@ def run_rows(lens, passages: Int[Tensor, "N T"], rows: Sequence[tuple[int, Seque
         logits = lens.run(ids, edits=edits).logits
         for i in range(len(chunk)):
             out[start + i] = reduce(start + i, logits[i])
-        del logits
     return out

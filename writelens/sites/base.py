@@ -21,7 +21,10 @@ from torch import Tensor, nn
 
 from writelens.edits import Add, Delete, Edit, Install, RandomAtom, Replace, edit_positions, edit_rows
 from writelens.errors import EditConflictError, EditShapeError, UnsupportedModelError
+from writelens.sites.prefix import continue_rows as _continue_rows
+from writelens.sites.prefix import record_native as _record_native
 from writelens.sites.session import (  # noqa: F401  (re-exported: the families import them from here)
+    Injection,
     RunSession,
     active_session,
     current_layer,
@@ -65,21 +68,6 @@ class WriteFactors(NamedTuple):
     def coef(self) -> Tensor:
         """The scalar of the write (β for GDN)."""
         return self.beta
-
-
-@dataclass
-class Injection:
-    """A state perturbation ``ΔS`` added right after the write at absolute position ``pos`` of one head.
-
-    ``rows``: LongTensor [n] of batch rows; ``delta``: [n, d_k, d_v] float32; ``with_read``: whether the read at
-    ``pos`` sees it.
-    """
-
-    pos: int
-    head: int
-    rows: Tensor
-    delta: Float[Tensor, "n d_k d_v"]
-    with_read: bool
 
 
 class RecurrentCall(ABC):
@@ -127,9 +115,21 @@ class RecurrentCall(ABC):
         """The state before local position 0 for ``key`` (a head, or a tuple of heads)."""
         raise NotImplementedError
 
-    def _advance(self, key: Any, state: Tensor, t0: int, t1: int) -> Tensor:
-        """The state after local position t1−1 given the state after t0−1 (recorded edits included)."""
+    def _advance(self, key: Any, state: Tensor, t0: int, t1: int, rows: Tensor | None = None) -> Tensor:
+        """The state after local position t1−1 given the state after t0−1 (recorded edits included); ``rows``:
+        only those batch rows (``state`` holds them; given only for calls without recorded edits)."""
         raise NotImplementedError
+
+    def states_for_rows(self, key: Any, t: int, rows: Tensor) -> Tensor:
+        """The state for ``key`` after local position t of batch ``rows`` only: the nearest chunk-boundary state
+        (swept once for every row and cached, see :meth:`_swept_state`) advanced for ``rows`` alone. Equal to
+        ``_swept_state(key, t)[rows]``; what continuing many edited rows from one native pass needs."""
+        chunk = self.STATE_CHUNK
+        b = ((t + 1) // chunk) * chunk - 1  # the last boundary at or before t
+        if getattr(self, "injections", None) or b == t:
+            return self._swept_state(key, t)[rows]
+        base = self._swept_state(key, b)[rows] if b >= 0 else self._start_state(key)[rows]
+        return self._advance(key, base, b + 1, t + 1, rows)
 
     def _swept_state(self, key: Any, t: int) -> Tensor:
         """State after local position t for ``key``: starts from the nearest cached boundary state (or the last
@@ -246,7 +246,7 @@ class FamilyAdapter(ABC):
     """
 
     family: ClassVar[str]
-    #: whether edited runs may continue from a cache built at the first edit (see ``writelens.fastpath``)
+    #: whether edited runs may continue from a native pass (``record_native`` / ``continue_rows``, ``writelens.fastpath``)
     supports_prefix_reuse: ClassVar[bool] = True
     #: whether the mixer calls ``write_sites`` trace points (nnsight tracing, ``writelens.sites.points``)
     supports_trace_points: ClassVar[bool] = False
@@ -340,12 +340,17 @@ class FamilyAdapter(ABC):
         up to terms that do not depend on o. Differentiable; used linearised (JVP) by the attribution."""
         raise UnsupportedModelError(f"the {self.family} adapter has no readout description.")
 
-    def run_with_prefix_reuse(self, lens: Any, input_ids: Tensor, edits: list[Edit]) -> Tensor:
-        """Logits [B, T, V] of an edited run that reuses the native prefix (``writelens.fastpath``, which builds an
-        HF ``DynamicCache`` at the first edit); a family whose cache that builder cannot make overrides this."""
-        from writelens.fastpath import run_with_prefix_reuse
+    def record_native(self, input_ids: Tensor, layers: Any) -> Any:
+        """One native forward over ``input_ids`` [N, T] keeping what edited rows whose lowest edited layer is one of
+        ``layers`` need to continue from any position (``writelens.sites.prefix``: an HF ``DynamicCache`` built
+        at the first edit); a family whose cache that builder cannot make overrides this and :meth:`continue_rows`."""
+        return _record_native(self, input_ids, layers)
 
-        return run_with_prefix_reuse(lens, input_ids, edits)
+    def continue_rows(self, record: Any, src: Tensor, s0: int, low: int, edits: list[Edit]) -> Tensor:
+        """Logits [n, T − s0, V] of the native rows ``src`` of ``record`` with ``edits`` (``batch`` = index into
+        ``src``; none before position ``s0`` or below layer ``low``) applied: only positions ≥ ``s0`` of layers
+        ≥ ``low`` are computed."""
+        return _continue_rows(self, record, src, s0, low, edits)
 
     @functools.cached_property
     def cache_keyword(self) -> str:

@@ -154,8 +154,11 @@ class GDNCall(RecurrentCall):
             return torch.zeros(self.batch_size, len(heads), self.d_k, self.d_v, device=self.value.device)
         return self.initial_state[:, list(heads)].float()
 
-    def _advance(self, heads: tuple[int, ...], state: Tensor, t0: int, t1: int) -> Tensor:
-        """State of ``heads`` after local position t1−1 given it after t0−1, including recorded injections."""
+    def _advance(self, heads: tuple[int, ...], state: Tensor, t0: int, t1: int, rows: Tensor | None = None) -> Tensor:
+        """State of ``heads`` after local position t1−1 given it after t0−1, including recorded injections
+        (``rows``: only those batch rows, for a call without injections)."""
+        if rows is not None:
+            return self.segment(rows, list(heads), t0, t1, state, zero_value=False)[1]
         rows = torch.arange(self.batch_size)
         mine = [inj for inj in self.injections if inj.head in heads and t0 <= inj.pos - self.offset < t1]
         start = t0
@@ -340,9 +343,11 @@ class GDNAdapter(FamilyAdapter):
         ref = ref.float()
         return ((call.output.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
 
-    def hf_state(self, call: GDNCall, t: int) -> Tensor:
-        """All heads' states after local position t in the HF cache layout [B, Hv, d_k, d_v] (role order)."""
-        return call.states_at(tuple(range(call.num_heads)), t)
+    def hf_state(self, call: GDNCall, t: int, rows: Tensor | None = None) -> Tensor:
+        """All heads' states after local position t in the HF cache layout [B, Hv, d_k, d_v] (role order); ``rows``:
+        only those batch rows."""
+        heads = tuple(range(call.num_heads))
+        return call.states_at(heads, t) if rows is None else call.states_for_rows(heads, t, rows)
 
     @property
     def final_norm(self) -> nn.Module:

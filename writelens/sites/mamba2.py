@@ -29,116 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from writelens.errors import PositionOutOfRangeError
-from writelens.sites.base import (
-    FamilyAdapter,
-    Injection,
-    RecurrentCall,
-    WriteFactors,
-    register_family,
-)
+from writelens.sites.base import FamilyAdapter, register_family
+from writelens.sites.mamba2_call import Mamba2Call
+from writelens.sites.mamba2_interceptors import count_tokens, install_module
 from writelens.sites.mamba2_oracle import Mamba2Oracle, naive_ssd
 from writelens.sites.points import attach
-
-
-class Mamba2Call(RecurrentCall):
-    """One SSD kernel call over positions ``[offset, offset + T)``.
-
-    x: [B, T, H, P]; dt: [B, T, H] effective step sizes (fp32); A: [H]; Bm, Cm: [B, T, G, N]; D: [H] or None;
-    initial_state: [B, H, P, N] (HF layout) or None; log_decay: [B, T, H] when the decay is not ``dt·A`` (an
-    assigned ``gate`` trace point).
-    """
-
-    def __init__(self, x, dt, A, Bm, Cm, D, initial_state, offset, log_decay=None):
-        self.x, self.dt, self.A, self.Bm, self.Cm, self.D = x, dt, A, Bm, Cm, D
-        self.initial_state = initial_state
-        self.offset = offset
-        self.batch_size, self.length, self.num_heads, self.d_v = x.shape
-        self.num_groups, self.d_k = Bm.shape[2], Bm.shape[3]
-        self.rep = self.num_heads // self.num_groups
-        if log_decay is None:
-            log_decay = dt.double() * A.double().to(dt.device)
-        self.log_decay = log_decay.double().cpu()  # [B, T, H]
-        self.cum = self.log_decay.cumsum(1)  # float64 cumulative log-decay, cum[:, t] = Σ_{u ≤ t}
-        self.output: Tensor | None = None  # [B, T, H, P] as the layer received it (edits included)
-        self.injections: list[Injection] = []
-
-    def group(self, head: int) -> int:
-        return head // self.rep
-
-    # ---- factors ------------------------------------------------------------------------------------------------
-
-    def write_factors(self, rows: Tensor, head: int, t: int):
-        g = self.group(head)
-        return (self.Bm[rows, t, g].float().cpu(), self.x[rows, t, head].float().cpu(),
-                self.dt[rows, t, head].float().cpu())
-
-    def read_vector(self, rows: Tensor, head: int, t: int):
-        return self.Cm[rows, t, self.group(head)].float().cpu(), 1.0
-
-    def factors(self, head: int) -> WriteFactors:
-        g = self.group(head)
-        log_decay = self.log_decay[:, :, head].float()
-        return WriteFactors(
-            key=self.Bm[:, :, g].float().cpu(),
-            value=self.x[:, :, head].float().cpu(),
-            beta=self.dt[:, :, head].float().cpu(),
-            g=log_decay,
-            alpha=log_decay.exp(),
-            query=self.Cm[:, :, g].float().cpu(),
-            scale=1.0,
-            output=self.output[:, :, head].float().cpu(),
-        )
-
-    # ---- exact propagation (closed form) ------------------------------------------------------------------------
-
-    def _decay(self, rows: Tensor, head: int, t: int) -> Tensor:
-        """exp(cum_s − cum_t) for s in [t, T): [n, T − t] float64 (1 at s = t)."""
-        cum = self.cum[rows, :, head]
-        return torch.exp(cum[:, t:] - cum[:, t : t + 1])
-
-    def propagate(self, injections: list[Injection], heads: list[int]):
-        """δo [B, T, h, P] and δS_end [B, h, N, P] (role order) of ``injections``, float32 on CPU."""
-        hidx = {h: i for i, h in enumerate(heads)}
-        B, T = self.batch_size, self.length
-        d_o = torch.zeros(B, T, len(heads), self.d_v, dtype=torch.float64)
-        d_s = torch.zeros(B, len(heads), self.d_k, self.d_v, dtype=torch.float64)
-        for inj in injections:
-            t, hi, rows = inj.pos - self.offset, hidx[inj.head], inj.rows
-            decay = self._decay(rows, inj.head, t)  # [n, T − t]
-            C = self.Cm[rows, t:, self.group(inj.head)].double().cpu()  # [n, T − t, N]
-            contrib = torch.einsum("nkv,nsk->nsv", inj.delta.double(), C) * decay[..., None]
-            if not inj.with_read:
-                contrib[:, 0] = 0
-            d_o[rows, t:, hi] += contrib
-            d_s[rows, hi] += decay[:, -1, None, None] * inj.delta.double()
-        return d_o.float(), d_s.float()
-
-    # ---- exact states --------------------------------------------------------------------------------------------
-
-    def _start_state(self, head: int) -> Tensor:
-        if self.initial_state is None:
-            return torch.zeros(self.batch_size, self.d_k, self.d_v, dtype=torch.float64)
-        return self.initial_state[:, head].double().cpu().transpose(-1, -2)
-
-    def _advance(self, head: int, state: Tensor, t0: int, t1: int) -> Tensor:
-        """State after local position t1−1 from the state after t0−1 ([B, N, P] float64), recorded edits included."""
-        cum = self.cum[:, :, head]
-        prev = cum[:, t0 - 1] if t0 > 0 else torch.zeros(self.batch_size, dtype=torch.float64)
-        end = cum[:, t1 - 1]
-        weight = torch.exp(end[:, None] - cum[:, t0:t1]) * self.dt[:, t0:t1, head].double().cpu()  # [B, L]
-        Bm = self.Bm[:, t0:t1, self.group(head)].double().cpu()
-        x = self.x[:, t0:t1, head].double().cpu()
-        state = torch.exp(end - prev)[:, None, None] * state + torch.einsum("bs,bsk,bsv->bkv", weight, Bm, x)
-        for inj in self.injections:
-            t = inj.pos - self.offset
-            if inj.head == head and t0 <= t < t1:
-                state[inj.rows] += torch.exp(end[inj.rows] - cum[inj.rows, t])[:, None, None] * inj.delta.double()
-        return state
-
-    def state_at(self, head: int, t: int) -> Tensor:
-        """Exact S_t (role order [B, N, P]) after the write and any recorded edit at local t (see
-        :meth:`RecurrentCall._swept_state`)."""
-        return self._swept_state(head, t).float()
 
 
 @register_family
@@ -167,8 +62,6 @@ class Mamba2Adapter(FamilyAdapter):
         self.num_heads, self.d_k, self.d_v = first.num_heads, first.ssm_state_size, first.head_dim
 
     def install(self) -> None:
-        from writelens.sites.mamba2_interceptors import count_tokens, install_module
-
         for mod in {sys.modules[type(m).__module__] for m in self._modules.values()}:
             install_module(mod)
         if not getattr(self.backbone, "_writelens_counts_tokens", False):
@@ -186,9 +79,11 @@ class Mamba2Adapter(FamilyAdapter):
         ref = ref.float().to(call.output.device)
         return ((call.output.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
 
-    def hf_state(self, call: Mamba2Call, t: int) -> Tensor:
-        """All heads' states after local position t in HF layout [B, H, headdim, d_state] (transposed role order)."""
-        states = torch.stack([call.state_at(h, t) for h in range(call.num_heads)], 1)
+    def hf_state(self, call: Mamba2Call, t: int, rows: Tensor | None = None) -> Tensor:
+        """All heads' states after local position t in HF layout [B, H, headdim, d_state] (transposed role order);
+        ``rows``: only those batch rows."""
+        states = torch.stack([call.state_at(h, t) if rows is None else call.state_for_rows(h, t, rows)
+                              for h in range(call.num_heads)], 1)
         return states.transpose(-1, -2).to(call.x.device)
 
     def new_cache(self) -> Any:

@@ -13,7 +13,7 @@ from torch import Tensor
 from writelens.errors import UnsupportedModelError
 from writelens.sites.base import Injection, RunSession, active_session, current_layer, current_module
 from writelens.sites.kernels import ConvCapture, DeviceDispatch
-from writelens.sites.mamba2 import Mamba2Call
+from writelens.sites.mamba2_call import Mamba2Call
 from writelens.sites.mamba2_oracle import effective_dt, naive_ssd
 from writelens.sites.mamba2_points import input_points, output_points
 from writelens.sites.points import armed_sites

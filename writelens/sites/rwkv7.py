@@ -26,13 +26,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from writelens.edits import Edit, edit_positions, edit_rows
+from writelens.edits import Edit
 from writelens.errors import UnsupportedModelError
 from writelens.sites.base import (
     FamilyAdapter,
@@ -44,11 +43,12 @@ from writelens.sites.base import (
     current_layer,
     current_module,
     register_family,
-    session_scope,
 )
 from writelens.sites.points import armed_sites, attach
 from writelens.sites.rwkv7_oracle import naive_rwkv7
 from writelens.sites.rwkv7_points import input_points, output_points
+from writelens.sites.rwkv7_prefix import continue_rows as _continue_rows
+from writelens.sites.rwkv7_prefix import record_native as _record_native
 
 F64 = torch.float64
 
@@ -157,9 +157,10 @@ class RWKV7Call(RecurrentCall):
             return torch.zeros(self.batch_size, 1, self.d_k, self.d_v, dtype=F64)
         return self.initial_state[:, head : head + 1].to(F64).cpu()
 
-    def _advance(self, head: int, state: Tensor, t0: int, t1: int) -> Tensor:
-        """State [B, 1, K, V] after local t1−1 from the state after t0−1, writes and recorded edits included."""
-        rows = torch.arange(self.batch_size)
+    def _advance(self, head: int, state: Tensor, t0: int, t1: int, rows: Tensor | None = None) -> Tensor:
+        """State [B, 1, K, V] after local t1−1 from the state after t0−1, writes and recorded edits included
+        (``rows``: only those batch rows, for a call without recorded edits)."""
+        rows = torch.arange(self.batch_size) if rows is None else rows.cpu()
         w, a, b, k, r = (self._get(x, rows, t0, t1, [head]) for x in (self.w, self.a, self.b, self.k, self.r))
         v = self._get(self.v, rows, t0, t1, [head])
         m = self._active(rows, t0, t1)
@@ -175,6 +176,10 @@ class RWKV7Call(RecurrentCall):
         """Exact S_t [B, K, V] after the write and any recorded edit at local t (see
         :meth:`RecurrentCall._swept_state`)."""
         return self._swept_state(head, t)[:, 0].float()
+
+    def state_for_rows(self, head: int, t: int, rows: Tensor) -> Tensor:
+        """:meth:`state_at` of batch ``rows`` only ([n, K, V])."""
+        return self.states_for_rows(head, t, rows)[:, 0].float()
 
 
 class RWKV7Interceptor:
@@ -279,9 +284,11 @@ class RWKV7Adapter(FamilyAdapter):
         ref = ref.float()
         return ((call.output.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
 
-    def hf_state(self, call: RWKV7Call, t: int) -> Tensor:
-        """All heads' states after local position t, [B, H, K, V] (the RWKV7Cache layout, = role order)."""
-        return torch.stack([call.state_at(h, t) for h in range(call.num_heads)], 1).to(call.k.device)
+    def hf_state(self, call: RWKV7Call, t: int, rows: Tensor | None = None) -> Tensor:
+        """All heads' states after local position t, [B, H, K, V] (the RWKV7Cache layout, = role order); ``rows``:
+        only those batch rows."""
+        return torch.stack([call.state_at(h, t) if rows is None else call.state_for_rows(h, t, rows)
+                            for h in range(call.num_heads)], 1).to(call.k.device)
 
     def new_cache(self) -> Any:
         cache_cls = sys.modules[type(self.model.model).__module__].RWKV7Cache
@@ -321,83 +328,13 @@ class RWKV7Adapter(FamilyAdapter):
         w = self._modules[layer].o_proj.weight
         return w[:, head * self.d_v : (head + 1) * self.d_v]
 
-    def run_with_prefix_reuse(self, lens: Any, input_ids: Tensor, edits: list[Edit]) -> Tensor:
-        """Logits [B, T, V] of the edited run: one native pass over the distinct rows records the captured calls, each
-        layer's block / TimeMix / ChannelMix inputs and ``v_first``; groups of edited rows then continue from an
-        ``RWKV7Cache`` at their first edit position ``s0`` (state at s0−1, token shifts = those inputs at s0−1),
-        with the layers below the lowest edited one short-circuited (as ``writelens.fastpath`` does for HF caches)."""
-        from writelens.fastpath import GROUP_ROWS
+    def record_native(self, input_ids: Tensor, layers: Any) -> Any:
+        """The native pass (``writelens.sites.rwkv7_prefix``): captured calls, each block / TimeMix / ChannelMix
+        input from the lowest of ``layers`` on, and ``v_first``."""
+        return _record_native(self, input_ids, layers)
 
-        B, T = input_ids.shape
-        uniq, inverse = torch.unique(input_ids, dim=0, return_inverse=True)
-        per_row: dict[int, list[Edit]] = {}
-        for e in edits:
-            for r in edit_rows(e, B):
-                per_row.setdefault(r, []).append(e)
-        first_low = min(e.layer for e in edits)
-        seen: dict[str, Any] = {"block": {}, "attn": {}, "ffn": {}, "v_first": None}
-        session = RunSession(capture=frozenset(i for i in self._modules if i >= first_low))
-        with torch.no_grad(), _recording(self._layers, first_low, seen), session_scope(session, self._modules):
-            native = self.forward(uniq).logits
-        logits = native[inverse].clone()
-        rows = sorted(per_row, key=lambda r: min(p for e in per_row[r] for p in edit_positions(e)))
-        for g0 in range(0, len(rows), GROUP_ROWS):
-            group = rows[g0 : g0 + GROUP_ROWS]
-            s0 = min(p for r in group for e in per_row[r] for p in edit_positions(e))
-            low = min(e.layer for r in group for e in per_row[r])
-            remapped = [replace(e, batch=i) for i, r in enumerate(group) for e in per_row[r]]
-            if s0 == 0:
-                logits[group] = lens.run(input_ids[group], edits=remapped, _fast=False).logits
-                continue
-            src = inverse[torch.tensor(group)]
-            cache = self.new_cache()
-            for i in range(low, len(self._layers)):
-                state = self.hf_state(session.calls[i][0], s0 - 1)[src]
-                cache.set_layer(i, state, seen["attn"][i][src, s0 - 1].clone(),
-                                seen["ffn"][i][src, s0 - 1].clone())
-            cache.seen_tokens = s0
-            skipped = [self._layers[i] for i in range(low)]
-            run = RunSession(edits=remapped, start_pos=s0)
-            with torch.no_grad(), _short_circuit(skipped, seen["block"][low][src, s0:], seen["v_first"][src, s0:]), \
-                    session_scope(run, self._modules):
-                logits[group, s0:] = self.forward(input_ids[group, s0:], cache=cache, use_cache=True).logits
-        return logits
+    def continue_rows(self, record: Any, src: Tensor, s0: int, low: int, edits: list[Edit]) -> Tensor:
+        """Rows continued from an ``RWKV7Cache`` at ``s0`` (state at s0−1, token shifts = the recorded inputs at
+        s0−1), the blocks below ``low`` short-circuited."""
+        return _continue_rows(self, record, src, s0, low, edits)
 
-
-@contextlib.contextmanager
-def _recording(layers, first: int, seen: dict[str, Any]) -> Iterator[None]:
-    """Record, during one forward, the inputs of blocks / TimeMix / ChannelMix from layer ``first`` on ([B, T, C])
-    and block 0's ``v_first`` output."""
-    handles = []
-
-    def keep(kind: str, i: int):
-        def hook(module, args):
-            seen[kind][i] = args[0].detach()
-        return hook
-
-    for i in range(first, len(layers)):
-        handles += [layers[i].register_forward_pre_hook(keep("block", i)),
-                    layers[i].attn.register_forward_pre_hook(keep("attn", i)),
-                    layers[i].ffn.register_forward_pre_hook(keep("ffn", i))]
-    handles.append(layers[0].register_forward_hook(lambda m, a, out: seen.__setitem__("v_first", out[4].detach())))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def _short_circuit(blocks, hidden: Tensor, v_first: Tensor) -> Iterator[None]:
-    """Make ``blocks`` return the recorded ``hidden`` and ``v_first`` (their states pass through unused)."""
-
-    def skip(hidden_states, recurrent, attention_shift, ffn_shift, first, mask):
-        return hidden, recurrent, attention_shift, ffn_shift, v_first
-
-    for block in blocks:
-        block.forward = skip
-    try:
-        yield
-    finally:
-        for block in blocks:
-            del block.forward

@@ -13,13 +13,29 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from jaxtyping import Float
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from writelens.edits import Edit
-    from writelens.sites.base import Injection, RecurrentCall
 
-__all__ = ["RunSession", "active_session", "session_scope", "track_layers", "current_layer", "current_module"]
+__all__ = ["Injection", "RunSession", "active_session", "session_scope", "track_layers", "current_layer",
+           "current_module"]
+
+
+@dataclass
+class Injection:
+    """A state perturbation ``ΔS`` added right after the write at absolute position ``pos`` of one head.
+
+    ``rows``: LongTensor [n] of batch rows; ``delta``: [n, d_k, d_v] float32; ``with_read``: whether the read at
+    ``pos`` sees it.
+    """
+
+    pos: int
+    head: int
+    rows: Tensor
+    delta: Float[Tensor, "n d_k d_v"]
+    with_read: bool
 
 
 _ACTIVE: contextvars.ContextVar[RunSession | None] = contextvars.ContextVar("writelens_session", default=None)
@@ -29,7 +45,8 @@ _ACTIVE: contextvars.ContextVar[RunSession | None] = contextvars.ContextVar("wri
 class RunSession:
     """What one ``lens.run`` / generation step asks of the interceptors.
 
-    ``edits``: edits to apply (absolute positions); ``capture``: layer indices whose kernel calls are recorded;
+    ``edits``: edits to apply (absolute positions); ``capture``: layer indices whose kernel calls are recorded (in
+    ``calls``: layer → the family's ``RecurrentCall`` objects, see ``writelens.sites.base``);
     ``start_pos``: absolute position of the first token of this forward; ``kernel_override``: a callable that
     replaces the kernel (the float64 oracle) or None; ``output_hook``: ``f(layer, o) -> o`` applied to every
     multi-token kernel output o [B, T, H, d_v] (after edits), e.g. to make o a leaf for gradients, or None.
@@ -39,7 +56,7 @@ class RunSession:
     capture: frozenset[int] = frozenset()
     start_pos: int = 0
     kernel_override: Any = None
-    calls: dict[int, list[RecurrentCall]] = field(default_factory=dict)
+    calls: dict[int, list[Any]] = field(default_factory=dict)
     injections: dict[int, list[Injection]] = field(default_factory=dict)
     positions: dict[int, int] = field(default_factory=dict)
     capture_conv: frozenset[int] = frozenset()

@@ -1,0 +1,119 @@
+"""NativePass: one native pass, edited rows continued from it — equal to the full edited forward and to the float64
+oracle on all three families; positions before a row's first edit bitwise the unedited run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models import ids, mamba2, qwen35, rwkv7
+
+import writelens as wl
+from writelens import errors
+from writelens.fastpath import NativePass
+
+TOL = 1e-5
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(family: str):
+    if family == "gdn":
+        return qwen35(layers=4, seed=1)
+    if family == "mamba2":
+        return mamba2(groups=2, d_state=16, seed=1)
+    pytest.importorskip("rwkv7_hf")
+    return rwkv7(seed=1)
+
+
+FAMILIES = ["gdn", "mamba2", "rwkv7"]
+
+
+def _rows(lens, T: int):
+    """Rows on 3 passages: different layers, heads, positions (both sides of a 64-token state boundary), several
+    edits per row, a row without edits, two rows of one passage."""
+    L = lens.recurrent_layers
+    s = lens.site(L[0], 0)
+    g = torch.Generator().manual_seed(3)
+    k, v = torch.randn(s.d_k, generator=g), torch.randn(s.d_v, generator=g)
+    return [
+        (0, [wl.Delete(L[-1], 1, T - 20)]),
+        (1, [wl.Replace(L[0], 0, 70, key=k, value=v, scale=0.5), wl.Delete(L[-1], 0, 75, timing="after_read")]),
+        (0, []),
+        (2, [wl.Add(L[1], 1, 3, key=k, value=v, scale=2.0)]),
+        (1, [wl.Install(L[1], 0, (66, 67), value=v, magnitude=2.0), wl.RandomAtom(L[1], 1, 68, seed=5)]),
+        (2, [wl.Delete(L[0], 1, 0)]),
+        (0, [wl.Delete(L[1], 0, 64)]),
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_native_pass_rows_match_full_forward_and_oracle(family):
+    lens = wl.WriteLens(_model(family))
+    T = 96 if family == "rwkv7" else 140
+    x = ids(3, T, seed=4)
+    rows = _rows(lens, T)
+    native = NativePass(lens, x, {min(e.layer for e in es) for _, es in rows if es})
+    got = native.run(rows)
+    unedited = lens.run(x).logits
+    for i, (p, edits) in enumerate(rows):
+        mine = [e for e in edits]
+        full = lens.run(x[p : p + 1], edits=mine, _fast=False).logits[0]
+        assert rel(got[i], full) < TOL, f"row {i}"
+        if i in (1, 4):  # the oracle is slow: two rows with several edits
+            ref = lens.run(x[p : p + 1], edits=mine, oracle=True).logits[0]
+            assert rel(got[i], ref) < TOL, f"row {i} vs oracle"
+        first = min((q for e in edits for q in wl.edits.edit_positions(e)), default=T)
+        assert torch.equal(got[i][:first], unedited[p, :first]), f"row {i}: prefix not bitwise native"
+    assert torch.equal(got[2], native.logits[0])  # no edits: the native logits
+    reduced = native.run(rows[:2], reduce=lambda i, logits: (i, float(logits[-1].sum())))
+    assert [r[0] for r in reduced] == [0, 1] and reduced[1][1] == pytest.approx(float(got[1][-1].sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lens_run_prefix_is_bitwise_the_unedited_run(family):
+    lens = wl.WriteLens(_model(family))
+    T = 80
+    x = ids(4, T, seed=6)
+    L = lens.recurrent_layers
+    edits = [wl.Delete(L[-1], 0, 50, batch=0), wl.Delete(L[0], 1, 20, batch=2), wl.Delete(L[1], 0, 52, batch=3)]
+    fast = lens.run(x, edits=edits).logits
+    native = lens.run(x).logits
+    assert torch.equal(fast[1], native[1])  # a row without edits
+    for e in edits:
+        assert torch.equal(fast[e.batch, : e.pos], native[e.batch, : e.pos])
+    assert rel(fast, lens.run(x, edits=edits, _fast=False).logits) < TOL
+
+
+def test_states_for_rows_equal_the_swept_states():
+    lens = wl.WriteLens(_model("gdn"))
+    x = ids(3, 150, seed=2)
+    call = lens.run(x, cache=True).cache._call(lens.recurrent_layers[1], 0)
+    heads = (0, 1)
+    rows = torch.tensor([2, 0])
+    for t in (10, 63, 64, 100, 149):
+        torch.testing.assert_close(call.states_for_rows(heads, t, rows), call._swept_state(heads, t)[rows])
+
+
+def test_native_pass_errors():
+    lens = wl.WriteLens(_model("gdn"))
+    x = ids(2, 30, seed=1)
+    L = lens.recurrent_layers
+    native = NativePass(lens, x, [L[1]])
+    with pytest.raises(errors.EditConflictError, match="recorded layers"):
+        native.run([(0, [wl.Delete(L[0], 0, 5)])])
+    with pytest.raises(errors.BatchRowOutOfRangeError, match="passage 2"):
+        native.run([(2, [wl.Delete(L[1], 0, 5)])])
+    with pytest.raises(errors.PositionOutOfRangeError):
+        native.run([(0, [wl.Delete(L[1], 0, 30)])])
+    with pytest.raises(errors.EditConflictError):
+        NativePass(lens, x, [])
