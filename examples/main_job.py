@@ -321,14 +321,47 @@ def main(argv: list[str] | None = None) -> dict:
             "r2_three_factor": att.stats_three_factor.r2,
             "install_100_1000_m3_native": stratum.inclusion_native.estimate if stratum else None,
             "install_100_1000_m3_edited": stratum.inclusion_edited.estimate if stratum else None,
+            "n_ties": rep.floor.n_ties, "next_token_n_ties": rep_next.floor.n_ties,
+            "population_n_ties": rep_pop.floor.n_ties,
+            "r2_linearised_at_eps_0.1": att.stats_linearised.r2_by_epsilon.get("0.1"),
         },
+        "headline_lines": headline_lines(cfg, rep, rep_next, rep_pop, att, stratum),
         "step_seconds": times, "wall_seconds": round(time.perf_counter() - started, 1),
         "torch_threads": torch.get_num_threads(),
     }
     (out / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=1))
-    print(json.dumps(to_jsonable(summary["headline"]), indent=1))
+    print("\n".join(summary["headline_lines"]))
     print(f"wrote {out}/summary.json, report.html, figures/ in {summary['wall_seconds']}s")
     return summary
+
+
+def headline_lines(cfg: MainJobConfig, rep, rep_next, rep_pop, att, stratum) -> list[str]:
+    """Each headline figure with its condition (site, scale mode, KL position, n, interval, ties, epsilon)."""
+    site = f"L{rep.layer}H{rep.head}"
+
+    def replacement(name: str, r, what: str) -> str:
+        o, st = r.options, r.stats
+        return (f"{name}: {st.win_rate.estimate:.3f} [{st.win_rate.lo:.3f}, {st.win_rate.hi:.3f}] 95% Wilson CI "
+                f"({what}; site {site}, scale {o.scale}, KL at {o.kl_position}, timing {o.timing}, n = "
+                f"{st.n_firings} firings, {r.floor.n_ties} ties below {o.floor_multiple:g}x the null-edit floor "
+                "left out)")
+
+    pop = rep_pop.stats.population
+    eps = att.stats_linearised.r2_by_epsilon
+    lines = [replacement("replacement win rate", rep, "atom beats delete, one firing per (passage, position)"),
+             replacement("next-token win rate", rep_next, "atom beats delete"),
+             f"population win rate: {pop.mean:.3f} [{pop.lo:.3f}, {pop.hi:.3f}] 95% t interval over atoms "
+             f"(site {site}, {pop.n_atoms} atoms with >= {pop.min_firings} firings, "
+             f"{pop.n_firings} firings, {rep_pop.floor.n_ties} ties left out)",
+             f"attribution R^2 (linearised direct path): {eps.get('0.1', float('nan')):.3f} at eps = 0.1 x write norm; by eps "
+             + ", ".join(f"{float(e):g}: {v:.3f}" for e, v in sorted(eps.items(), key=lambda kv: float(kv[0])))
+             + f" (site {site}, {len(eps)} eps x {cfg.n_attr_atoms} atoms x "
+               f"{cfg.n_attr_passages} passages; R^2 pooled over every eps: {att.stats_linearised.r2:.3f})"]
+    if stratum is not None:
+        lines.append(f"install, target rank 100-1000, magnitude 3: inclusion {stratum.inclusion_native.estimate:.3f} "
+                     f"native -> {stratum.inclusion_edited.estimate:.3f} edited (site {site}, "
+                     f"n = {stratum.n_trials} trials)")
+    return lines
 
 
 if __name__ == "__main__":

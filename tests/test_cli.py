@@ -291,3 +291,25 @@ def test_experiments_on_the_mamba2_zoo_model(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "at" / "summary.json").read_text())
     assert summary["n_points"] == 2 * 2 * 2 * 2 and summary["r2_linearised"] > 0.9
+
+
+def test_help_and_zoo_list_import_no_torch():
+    """`writelens --help`, every subcommand's --help and `zoo list` build without torch / transformers / nnsight
+    (what keeps them well under a second; the commands import them when they run)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from writelens.cli import app\n"
+        "r = CliRunner()\n"
+        "for args in (['--help'], ['zoo', 'list'], ['zoo', '--help'], ['extract', '--help'], ['train', '--help'],\n"
+        "             ['replace-test', '--help'], ['attribute', '--help'], ['steer', '--help']):\n"
+        "    out = r.invoke(app, args)\n"
+        "    assert out.exit_code == 0, (args, out.output)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'nnsight', 'scipy') if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout

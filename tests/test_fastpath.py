@@ -75,6 +75,13 @@ def test_native_pass_rows_match_full_forward_and_oracle(family):
         first = min((q for e in edits for q in wl.edits.edit_positions(e)), default=T)
         assert torch.equal(got[i][:first], unedited[p, :first]), f"row {i}: prefix not bitwise native"
     assert torch.equal(got[2], native.logits[0])  # no edits: the native logits
+    for tail in (1, 30, T):  # only the last `tail` positions (the unembedding runs on those alone)
+        short = native.run(rows, tail=tail)
+        for i in range(len(rows)):
+            assert short[i].shape[0] == tail
+            torch.testing.assert_close(short[i], got[i][T - tail :], rtol=1e-5, atol=1e-6)
+    with pytest.raises(errors.PositionOutOfRangeError):
+        native.run(rows[:1], tail=0)
     reduced = native.run(rows[:2], reduce=lambda i, logits: (i, float(logits[-1].sum())))
     assert [r[0] for r in reduced] == [0, 1] and reduced[1][1] == pytest.approx(float(got[1][-1].sum()), rel=1e-6)
 
@@ -117,3 +124,16 @@ def test_native_pass_errors():
         native.run([(0, [wl.Delete(L[1], 0, 30)])])
     with pytest.raises(errors.EditConflictError):
         NativePass(lens, x, [])
+
+
+@pytest.mark.parametrize("family", ["gdn", "mamba2"])
+def test_layer_states_equal_per_head_states(family):
+    lens = wl.WriteLens(_model(family))
+    x = ids(2, 100, seed=3)
+    layer = lens.recurrent_layers[1]
+    cache = lens.run(x, cache=True).cache
+    got = cache.layer_states(layer, [70, 5, 99])
+    assert got.shape == (2, 3, lens.adapter.num_heads, lens.site(layer, 0).d_k, lens.site(layer, 0).d_v)
+    fresh = lens.run(x, cache=True).cache
+    for h in range(lens.adapter.num_heads):
+        torch.testing.assert_close(got[:, :, h], fresh.states(layer, h, [70, 5, 99]))

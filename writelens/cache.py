@@ -121,6 +121,23 @@ class WriteCache:
             out[:, i] = state
         return out
 
+    def layer_states(self, layer: int, positions: Sequence[int]) -> Float[Tensor, "B P H d_k d_v"]:
+        """States of every head of ``layer`` at several positions, [B, P, H, d_k, d_v]: one sweep of the model's
+        kernel for all heads where the family has one (GDN), else per head; ascending positions are fastest."""
+        call = self._call(layer, 0)
+        ts = [self._pos(call, p) for p in positions]
+        heads = tuple(range(call.num_heads))
+        out = None
+        for i in sorted(range(len(ts)), key=ts.__getitem__):
+            if hasattr(call, "states_at"):
+                state = call.states_at(heads, ts[i])
+            else:
+                state = torch.stack([call.state_at(h, ts[i]) for h in heads], 1)
+            if out is None:
+                out = state.new_empty(call.batch_size, len(ts), *state.shape[1:])
+            out[:, i] = state
+        return out
+
     def final_state(self, layer: int, head: int) -> Float[Tensor, "B d_k d_v"]:
         """The state after the last token (what the HF cache holds after this run)."""
         call = self._call(layer, head)

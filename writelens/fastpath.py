@@ -23,7 +23,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from writelens.edits import Edit, edit_positions, edit_rows
-from writelens.errors import BatchRowOutOfRangeError, EditConflictError, NonFiniteError
+from writelens.errors import (
+    BatchRowOutOfRangeError,
+    EditConflictError,
+    NonFiniteError,
+    PositionOutOfRangeError,
+)
 from writelens.lens_inputs import as_edits
 
 __all__ = ["NativePass", "run_with_prefix_reuse", "GROUP_ROWS"]
@@ -54,11 +59,17 @@ class NativePass:
         return self.record.logits
 
     def run(self, rows: Sequence[tuple[int, Sequence[Edit]]],
-            reduce: Callable[[int, Float[Tensor, "T V"]], Any] | None = None) -> list[Any]:
+            reduce: Callable[[int, Float[Tensor, "L V"]], Any] | None = None, *, tail: int | None = None
+            ) -> list[Any]:
         """Each row (passage index, edits of that row; an edit's ``batch`` is ignored: it applies to its row) run
-        with the exact edit engine; returns ``reduce(i, logits_i)`` per row in order (the logits [T, V] when
-        ``reduce`` is None). A row without edits gets the native logits."""
+        with the exact edit engine; returns ``reduce(i, logits_i)`` per row in order (the logits when ``reduce`` is
+        None). The logits are [T, V], or with ``tail`` the last ``tail`` positions only [tail, V] (the unembedding
+        then runs on those alone: what a measurement at the last position needs). A row without edits gets the
+        native logits."""
         T = self.passages.shape[1]
+        if tail is not None and not 1 <= int(tail) <= T:
+            raise PositionOutOfRangeError(f"tail={tail} must be between 1 and the passages' {T} positions.")
+        lo = 0 if tail is None else T - int(tail)  # the first position handed to reduce
         plans = []
         for i, (p, edits) in enumerate(rows):
             edits = [dataclasses.replace(e, batch=0) for e in as_edits(edits)]
@@ -80,20 +91,24 @@ class NativePass:
         todo = sorted(pl for pl in plans if pl[4])
         for pl in plans:
             if not pl[4]:
-                out[pl[2]] = _reduced(reduce, pl[2], native[pl[3]])
+                out[pl[2]] = _reduced(reduce, pl[2], native[pl[3], lo:])
         for group in _groups(todo, T):
             s0 = group[0][0]
             low = min(pl[1] for pl in group)
             src = torch.tensor([pl[3] for pl in group], device=self.passages.device)
             edits = [dataclasses.replace(e, batch=j) for j, pl in enumerate(group) for e in pl[4]]
-            suffix = self.adapter.continue_rows(self.record, src, s0, low, edits)
-            if not torch.isfinite(suffix).all():
+            keep = T - s0 if tail is None else min(int(tail), T - s0)  # computed: positions [T − keep, T)
+            suffix = self.adapter.continue_rows(self.record, src, s0, low, edits,
+                                                logits_to_keep=0 if tail is None else keep)
+            if not (torch.isfinite(suffix[:, 0]).all() and torch.isfinite(suffix[:, -1]).all()):
+                # (a runaway edit reaches every later position; its first and last are checked)
                 raise NonFiniteError(
                     "The edited run produced NaN/inf logits; an edit's magnitude is probably enormous — "
                     "check Replace/Add scales and Install magnitudes.")
             for j, (first, _low, i, p, _e) in enumerate(group):
-                full = native[p].clone()
-                full[first:] = suffix[j, first - s0 :]
+                full = native[p, lo:].clone()
+                start = max(first, T - keep)
+                full[start - lo :] = suffix[j, start - (T - keep) :]
                 out[i] = _reduced(reduce, i, full)
             del suffix
         return out

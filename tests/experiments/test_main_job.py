@@ -27,6 +27,10 @@ def test_main_job_quick_random(tmp_path, model):
     summary = job.main(["--model", model, "--random", "--quick", "--out", str(tmp_path), "--no-progress"])
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["headline"]["n_firings"] == summary["headline"]["n_firings"] == 40
+    lines = on_disk["headline_lines"]  # what the job prints: every figure with its condition
+    assert lines[0].startswith("replacement win rate: ") and "n = 40 firings" in lines[0] and "95% Wilson CI" in lines[0]
+    assert all("site L" in line for line in lines) and "at eps = 0.1 x write norm" in lines[3]
+    assert f"{on_disk['headline']['n_ties']} ties below 10x the null-edit floor" in lines[0]
     assert set(on_disk["step_seconds"]) == {"load", "extract", "train", "replacement", "attribution", "install",
                                             "figures"}
     for name in ("replacement", "attribution", "install", "feature_card"):

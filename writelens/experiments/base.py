@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
 T = TypeVar("T")
 
@@ -40,7 +40,8 @@ def to_jsonable(obj: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # (no tensor can exist before torch is imported: options stay torch-free)
+    if torch is not None and isinstance(obj, torch.Tensor):
         return to_jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, np.ndarray):
         return to_jsonable(obj.tolist())

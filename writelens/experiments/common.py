@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -15,11 +15,9 @@ from torch import Tensor
 from writelens.edits import Edit
 from writelens.errors import ExperimentError, SAEInputError
 from writelens.experiments.base import progress
+from writelens.experiments.options import KLDirection, KLPosition
 from writelens.fastpath import NativePass
 from writelens.provenance import check_sae_provenance
-
-KLPosition = Literal["last", "next", "mean_from_t"]
-KLDirection = Literal["native_edited", "edited_native"]
 
 __all__ = ["site_tuple", "single_head_sae", "unembedding", "out_proj_slice", "as_passages", "kl_from_logits",
            "kl_positions", "unreachable", "Scan", "scan_site", "run_rows", "token_direction"]
@@ -196,14 +194,15 @@ def scan_site(lens, sae: Any, site: Any, passages: Int[Tensor, "N T"], *, min_po
 
 def run_rows(lens, passages: Int[Tensor, "N T"], rows: Sequence[tuple[int, Sequence[Edit]]],
              reduce: Callable[[int, Float[Tensor, "T V"]], Any], *, batch_rows: int = 48, desc: str = "edited runs",
-             show: bool = True) -> list[Any]:
+             show: bool = True, tail: int | None = None) -> list[Any]:
     """Run each row (passage index, edits of that row) with the exact edit engine and return
-    ``reduce(i, logits_i)`` per row in order. The passages run natively once per chunk of ``batch_rows`` distinct
+    ``reduce(i, logits_i)`` per row in order (logits [T, V]; with ``tail`` the last ``tail`` positions [tail, V],
+    the unembedding run on those alone). The passages run natively once per chunk of ``batch_rows`` distinct
     passages (a :class:`writelens.fastpath.NativePass`); every row then costs only the layers and positions its
     edits change (``writelens.fastpath``)."""
     out: list[Any] = [None] * len(rows)
     if not lens.adapter.supports_prefix_reuse:
-        return _run_rows_full(lens, passages, rows, reduce, batch_rows=batch_rows, desc=desc, show=show)
+        return _run_rows_full(lens, passages, rows, reduce, batch_rows=batch_rows, desc=desc, show=show, tail=tail)
     by_passage: dict[int, list[int]] = {}
     for i, (p, _) in enumerate(rows):
         by_passage.setdefault(int(p), []).append(i)
@@ -215,14 +214,15 @@ def run_rows(lens, passages: Int[Tensor, "N T"], rows: Sequence[tuple[int, Seque
         layers = {min(e.layer for e in rows[i][1]) for i in mine if rows[i][1]} or {lens.recurrent_layers[0]}
         native = NativePass(lens, passages[torch.tensor(chunk)], layers)
         results = native.run([(local[int(rows[i][0])], rows[i][1]) for i in mine],
-                             lambda j, logits, mine=mine: reduce(mine[j], logits))
+                             lambda j, logits, mine=mine: reduce(mine[j], logits), tail=tail)
         for i, r in zip(mine, results, strict=True):
             out[i] = r
         del native
     return out
 
 
-def _run_rows_full(lens, passages, rows, reduce, *, batch_rows: int, desc: str, show: bool) -> list[Any]:
+def _run_rows_full(lens, passages, rows, reduce, *, batch_rows: int, desc: str, show: bool,
+                   tail: int | None) -> list[Any]:
     """:func:`run_rows` for a family without native-pass continuation: full edited forwards, one row per firing."""
     import dataclasses
 
@@ -234,5 +234,5 @@ def _run_rows_full(lens, passages, rows, reduce, *, batch_rows: int, desc: str, 
         edits = [dataclasses.replace(e, batch=i) for i, (_, es) in enumerate(chunk) for e in es]
         logits = lens.run(ids, edits=edits).logits
         for i in range(len(chunk)):
-            out[start + i] = reduce(start + i, logits[i])
+            out[start + i] = reduce(start + i, logits[i] if tail is None else logits[i, -tail:])
     return out

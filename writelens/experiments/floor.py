@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +31,8 @@ import torch
 from writelens.edits import Add, Delete, Edit
 from writelens.errors import ExperimentError, NoiseFloorWarning
 from writelens.experiments.base import JsonMixin
+from writelens.experiments.options import NullEdit
 
-NullEdit = Literal["restore", "zero"]
 TIE_RULE = ("a firing whose two compared effects are both <= threshold (= multiple x max |null effect|), or that "
             "the edit cannot reach, is a tie; ties are excluded from the win rate's denominator (sign-test "
             "convention)")

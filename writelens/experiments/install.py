@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,33 +24,9 @@ from writelens.errors import ExperimentError
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin, progress
 from writelens.experiments.common import as_passages, site_tuple, token_direction
+from writelens.experiments.options import InstallOptions
 
 __all__ = ["InstallOptions", "InstallCell", "InstallResult", "install_steering"]
-
-
-@dataclass
-class InstallOptions(JsonMixin):
-    """Options of :func:`install_steering`.
-
-    Attributes:
-        strata: rank bins [lo, hi) of the target in the unedited first-step distribution (rank 1 = argmax).
-        targets_per_stratum: targets drawn per prompt and stratum (seeded).
-        magnitudes: install magnitudes m (relative to the native β-free write norm ‖v_t‖); the dose sweep.
-        n_consecutive: consecutive install positions. end_offset: the last install position is T − 1 − end_offset.
-        key_side: ``"key"`` (k̂_t, default) or ``"next_query"`` (q̂_{t+1}; needs end_offset ≥ 1).
-        max_new_tokens: greedy continuation length. seed: target draws. batch_rows: rows per generate call.
-    """
-
-    strata: tuple[tuple[int, int], ...] = ((1, 10), (10, 100), (100, 1000), (1000, 10000))
-    targets_per_stratum: int = 2
-    magnitudes: tuple[float, ...] = (1.5, 3.0, 6.0)
-    n_consecutive: int = 3
-    end_offset: int = 0
-    key_side: Literal["key", "next_query"] = "key"
-    max_new_tokens: int = 20
-    seed: int = 2026
-    batch_rows: int = 64
-    progress: bool = True
 
 
 @dataclass

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,35 +52,10 @@ from writelens.experiments.linearise import (
     native_point,
     propagate_delta,
 )
+from writelens.experiments.options import AttributionOptions
 
 __all__ = ["AttributionOptions", "AttributionResult", "AttributionStats", "attribution", "NativePoint",
            "native_point", "propagate_delta", "downstream_gradients"]
-
-
-@dataclass
-class AttributionOptions(JsonMixin):
-    """Options of :func:`attribution`.
-
-    Attributes:
-        t0: the edit position (None: one seeded position per passage in [min_t0, T − 1 − max(horizons)]).
-        min_t0: the smallest t0 drawn.
-        horizons: eval positions t = t0 + h (h ≥ 0; h = 0 is the read at t0 itself).
-        target_ranks: eval tokens: the native rank-r token of the distribution at t (1 = the top-1 prediction).
-        epsilon_mode: ``"absolute"`` (‖ΔS‖_F = ε) or ``"write_norm"`` (ε × ‖β k̂ vᵀ‖_F of the native write at t0).
-        seed: t0 draws. batch_rows: edited rows per forward. scan_batch: passages per native pass. progress: bars.
-    """
-
-    t0: int | None = None
-    min_t0: int = 4
-    horizons: tuple[int, ...] = (1, 2, 4, 8)
-    target_ranks: tuple[int, ...] = (1,)
-    epsilon_mode: Literal["absolute", "write_norm"] = "absolute"
-    seed: int = 2026
-    batch_rows: int = 48
-    scan_batch: int = 8
-    progress: bool = True
-    #: use an SAE recorded for another site / target / model anyway (see writelens.provenance)
-    allow_foreign_sae: bool = False
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +31,6 @@ from writelens.errors import ExperimentError
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin
 from writelens.experiments.common import (
-    KLDirection,
-    KLPosition,
     as_passages,
     kl_from_logits,
     kl_positions,
@@ -42,64 +40,11 @@ from writelens.experiments.common import (
     site_tuple,
     unreachable,
 )
-from writelens.experiments.floor import TIE_RULE, NoiseFloor, NullEdit, below_floor, noise_floor, null_edits
+from writelens.experiments.floor import TIE_RULE, NoiseFloor, below_floor, noise_floor, null_edits
+from writelens.experiments.options import ReplacementOptions
 
 __all__ = ["ReplacementOptions", "ReplacementStats", "ReplacementResult", "MedianSE", "replacement_test",
            "replacement_stats"]
-
-
-@dataclass
-class ReplacementOptions(JsonMixin):
-    """Options of :func:`replacement_test`.
-
-    Attributes:
-        scale: ``"coefficient"`` (the SAE coefficient of the atom, unit-norm factors) or ``"matched_norm"``
-            (‖β k̂ vᵀ‖_F of the native write).
-        kl_position: ``"last"`` (last position of the passage), ``"next"`` (the first affected distribution only)
-            or ``"mean_from_t"`` (mean over every position from the edit on).
-        kl_direction: ``"native_edited"`` = KL(p_native ‖ p_edited) or ``"edited_native"``.
-        timing: edit timing, ``"with_read"`` (the read at t sees the edit) or ``"after_read"``.
-        features: only positions where one of these features fires (None: every position with any active
-            feature); each position gives one firing, attributed to its highest-coefficient named feature.
-        atom_choice: ``"dominant"`` (the largest-coefficient atom at t, the paper's choice) or ``"feature"`` (the
-            firing feature's own atom).
-        random_control: ``"gaussian"`` (fresh r zᵀ per firing) or ``"alive_atom"`` (a random alive atom not active
-            at t).
-        min_position: skip firings before this position.
-        max_firings: keep at most this many firings (seeded random choice; None: all).
-        firings_per_passage: cap per passage (None: no cap).
-        cap_per_atom: population mode: at most this many firings per feature (None: no cap).
-        min_firings_per_atom: atoms with fewer firings are left out of the per-atom population mean.
-        baseline: ``"none"`` or ``"flat_svd"`` (needs ``flat_sae=``).
-        null_edit: the null edit run at every firing for the noise floor: ``"restore"`` (delete the write and add it
-            back) or ``"zero"`` (add a zero matrix). floor_multiple: KLs ≤ this × the largest null KL are below the
-            floor (ties when both compared KLs are).
-        n_bootstrap: cluster-bootstrap resamples. seed: firing choice, random atoms, bootstrap.
-        batch_rows: edited rows per forward. scan_batch: passages per native pass. progress: tqdm bars.
-    """
-
-    scale: Literal["coefficient", "matched_norm"] = "coefficient"
-    kl_position: KLPosition = "last"
-    kl_direction: KLDirection = "native_edited"
-    timing: Literal["with_read", "after_read"] = "with_read"
-    features: list[int] | None = None
-    atom_choice: Literal["dominant", "feature"] = "dominant"
-    random_control: Literal["gaussian", "alive_atom"] = "gaussian"
-    min_position: int = 1
-    max_firings: int | None = 2000
-    firings_per_passage: int | None = None
-    cap_per_atom: int | None = None
-    min_firings_per_atom: int = 5
-    baseline: Literal["none", "flat_svd"] = "none"
-    null_edit: NullEdit = "restore"
-    floor_multiple: float = 10.0
-    n_bootstrap: int = 2000
-    seed: int = 2026
-    batch_rows: int = 48
-    scan_batch: int = 8
-    progress: bool = True
-    #: use an SAE recorded for another site / target / model anyway (see writelens.provenance)
-    allow_foreign_sae: bool = False
 
 
 @dataclass
@@ -359,12 +304,16 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
         native = float(scan.write_norm[p, t])
         meta.append((scale if scale is not None else native, native, seed, random_atom))
 
+    tail = 1 if options.kl_position == "last" else None  # the unembedding then runs at the last position only
+
     def reduce(r: int, logits):
         p, t = rows[r][0], firings[r // len(conditions)][1]
         pos = kl_positions(t, length, options.kl_position, options.timing)
-        return float(kl_from_logits(scan.logits[p, pos], logits[pos].float(), options.kl_direction).mean())
+        mine = [q - (length - logits.shape[0]) for q in pos]
+        return float(kl_from_logits(scan.logits[p, pos], logits[mine].float(), options.kl_direction).mean())
 
-    kls = run_rows(lens, ids, rows, reduce, batch_rows=options.batch_rows, desc="replacement", show=options.progress)
+    kls = run_rows(lens, ids, rows, reduce, batch_rows=options.batch_rows, desc="replacement", show=options.progress,
+                   tail=tail)
     by_cond = {c: kls[k :: len(conditions)] for k, c in enumerate(conditions)}
     feats = [f[2] for f in firings]
     psg = [f[0] for f in firings]

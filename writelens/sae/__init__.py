@@ -17,17 +17,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from writelens.sae.base import SAE
-from writelens.sae.bilinear import BilinearSAE
-from writelens.sae.config import Objective, SAEConfig
-from writelens.sae.flat import FlatSAE
-from writelens.sae.io import from_pretrained, load_sae, push_to_hub
-from writelens.sae.matrix import MatrixSAE
-from writelens.sae.outputs import Atoms, SAELosses, SAEOutput, SparseCodes
-from writelens.sae.registry import ARCHITECTURES, build_sae, register_architecture
-
-_LAZY = {
-    "TrainConfig": ("writelens.sae.train", "TrainConfig"),
+_LAZY = {  # every name is imported on first use, so that ``import writelens.sae.config`` needs no torch
+    "SAE": ("writelens.sae.base", "SAE"),
+    "BilinearSAE": ("writelens.sae.bilinear", "BilinearSAE"),
+    "Objective": ("writelens.sae.config", "Objective"),
+    "SAEConfig": ("writelens.sae.config", "SAEConfig"),
+    "FlatSAE": ("writelens.sae.flat", "FlatSAE"),
+    "from_pretrained": ("writelens.sae.io", "from_pretrained"),
+    "load_sae": ("writelens.sae.io", "load_sae"),
+    "push_to_hub": ("writelens.sae.io", "push_to_hub"),
+    "MatrixSAE": ("writelens.sae.matrix", "MatrixSAE"),
+    "Atoms": ("writelens.sae.outputs", "Atoms"),
+    "SAELosses": ("writelens.sae.outputs", "SAELosses"),
+    "SAEOutput": ("writelens.sae.outputs", "SAEOutput"),
+    "SparseCodes": ("writelens.sae.outputs", "SparseCodes"),
+    "ARCHITECTURES": ("writelens.sae.registry", "ARCHITECTURES"),
+    "build_sae": ("writelens.sae.registry", "build_sae"),
+    "register_architecture": ("writelens.sae.registry", "register_architecture"),
+    "TrainConfig": ("writelens.sae.train_config", "TrainConfig"),
     "Trainer": ("writelens.sae.train", "Trainer"),
     "TrainResult": ("writelens.sae.train", "TrainResult"),
     "train_sae": ("writelens.sae.train", "train_sae"),
@@ -42,25 +49,7 @@ _LAZY = {
     "read_fve": ("writelens.sae.objectives", "read_fve"),
 }
 
-__all__ = [
-    "ARCHITECTURES",
-    "Atoms",
-    "BilinearSAE",
-    "FlatSAE",
-    "MatrixSAE",
-    "Objective",
-    "SAE",
-    "SAEConfig",
-    "SAELosses",
-    "SAEOutput",
-    "SparseCodes",
-    "build_sae",
-    "from_pretrained",
-    "load_sae",
-    "push_to_hub",
-    "register_architecture",
-    *sorted(_LAZY),
-]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
@@ -68,6 +57,8 @@ def __getattr__(name: str) -> Any:
         module_name, attr = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'writelens.sae' has no attribute {name!r}") from None
+    if module_name != "writelens.sae.config":
+        importlib.import_module("writelens.sae.io")  # hands from_pretrained / push_to_hub down to SAE
     value = getattr(importlib.import_module(module_name), attr)
     globals()[name] = value
     return value

@@ -28,7 +28,7 @@ from writelens.sae.sparse import gather_features
 SHARED_BUFFERS = ("activation.threshold_updates",)
 
 #: ``from_pretrained`` and ``push_to_hub`` of :mod:`writelens.sae.io`, handed down when io is imported (the package
-#: ``writelens.sae`` imports it, so they are always here): this module stays below io and the registry.
+#: ``writelens.sae`` imports it before handing out any SAE class): this module stays below io and the registry.
 PERSISTENCE: dict[str, Callable[..., Any]] = {}
 
 
@@ -37,7 +37,8 @@ def _persistence(name: str) -> Callable[..., Any]:
         return PERSISTENCE[name]
     except KeyError:
         raise SAEConfigError(
-            f"SAE.{name} needs writelens.sae.io, which is not imported; `import writelens.sae` (or writelens) first."
+            f"SAE.{name} needs writelens.sae.io, which is not imported; take the class from the package "
+            "(`from writelens.sae import BilinearSAE`) or `import writelens.sae.io` first."
         ) from None
 
 

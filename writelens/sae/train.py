@@ -19,7 +19,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from writelens.errors import CheckpointError, FeatureHealthWarning, NonFiniteError, SAEConfigError
 from writelens.sae.base import SAE
 from writelens.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from writelens.sae.config import Objective
 from writelens.sae.data import StateDataset
 from writelens.sae.files import atomic_write_bytes, save_sae
 from writelens.sae.finite import check_finite_tensors
@@ -38,90 +37,9 @@ from writelens.sae.health import FeatureHealth, feature_health, init_biases_from
 from writelens.sae.metrics import EvalMetrics, evaluate_sae
 from writelens.sae.objectives import ReadMetric, training_weighting
 from writelens.sae.resample import resample_dead_features
+from writelens.sae.train_config import TrainConfig
 
 RESUMABLE_CHANGES = {"progress", "device", "wandb_project", "eval_batch_size"}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on (saved as ``train_cfg.json`` and in every checkpoint).
-
-    Attributes:
-        lr, lr_min: peak learning rate and the floor of the cosine decay.
-        warmup_steps: linear warmup from lr/warmup to lr (then cosine to ``lr_min`` at the last step).
-        batch_size: global batch (split evenly across DDP ranks).
-        steps / epochs: length of the run (``steps`` wins; default 20 epochs of the training split).
-        seed: SAE init (when the trainer builds nothing, only data order and resampling), split, data order.
-        val_fraction: share of *sequences* held out when no ``val_data`` is given (0: no validation).
-        log_every / eval_every / checkpoint_every: cadences in steps (eval default: once per epoch;
-            checkpoint default: at every eval). ``keep_checkpoints`` most recent are kept.
-        lambda_aux, k_aux, dead_window: AuxK weight (1/32, Gao et al.), its feature count, and the number
-            of steps without firing after which a feature counts as dead.
-        lambda_sparsity: JumpReLU's L0 penalty weight.
-        renorm_every: set decoder factors to unit norm every this many steps (0: never).
-        project_decoder_grads: remove the gradient component parallel to each decoder factor.
-        resample_every: resample dead features every this many steps (None: never).
-        dense_threshold: at each resample, features active on more than this share of the batch count as dead
-            and are resampled too (None: only dead ones). Dense features are also counted in the log records
-            (``n_dense``, on the batch) and in the evaluations (``val_n_dense``, ``val_n_bias_dominated``); the
-            end of training warns (:class:`~writelens.errors.FeatureHealthWarning`) when any remain.
-        init_from_data: on a fresh SAE (all biases 0), start the decoder bias at the training mean (``center``
-            SAEs: their stored mean) and every encoder bias where the feature's pre-activation at that mean is
-            ``encoder_bias_init``; resampled features are re-centred the same way. With both this and
-            ``dense_threshold`` off the recipe is the reference's (zero biases), which on states with a large
-            shared mean can grow a constant feature (see :mod:`writelens.sae.health`).
-        encoder_bias_init: the pre-activation of every feature at the mean state after that init (0, or
-            slightly negative).
-        read_weight: weight w of the read-aligned loss ``tr(Eᵀ((1 − w) I + w M)E)`` (0: the plain MSE; needs
-            ``read_metric=``, see :mod:`writelens.sae.objectives`). Logged MSE / FVE stay Frobenius.
-        adam_betas, adam_eps: Adam settings (no weight decay; fused Adam where available).
-        eval_batch_size, device, wandb_project (log to wandb if installed), progress (tqdm bar).
-    """
-
-    lr: float = 3e-4
-    lr_min: float = 3e-5
-    warmup_steps: int = 50
-    batch_size: int = 256
-    steps: int | None = None
-    epochs: float | None = None
-    seed: int = 42
-    val_fraction: float = 0.2
-    log_every: int = 50
-    eval_every: int | None = None
-    checkpoint_every: int | None = None
-    keep_checkpoints: int = 2
-    lambda_aux: float = 1.0 / 32.0
-    k_aux: int = 256
-    dead_window: int = 100
-    lambda_sparsity: float = 1e-3
-    renorm_every: int = 1
-    project_decoder_grads: bool = True
-    resample_every: int | None = None
-    dense_threshold: float | None = 0.5
-    init_from_data: bool = True
-    encoder_bias_init: float = 0.0
-    read_weight: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    eval_batch_size: int = 1024
-    device: str = "cpu"
-    wandb_project: str | None = None
-    progress: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "adam_betas": list(self.adam_betas)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointError(f"train config has unknown fields {unknown}; it was written by another writelens.")
-        return cls(**{**data, "adam_betas": tuple(data.get("adam_betas", (0.9, 0.999)))})
-
-    @property
-    def objective(self) -> Objective:
-        return Objective(self.lambda_aux, self.k_aux, self.dead_window, self.lambda_sparsity)
 
 
 @dataclass

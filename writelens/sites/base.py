@@ -346,11 +346,12 @@ class FamilyAdapter(ABC):
         at the first edit); a family whose cache that builder cannot make overrides this and :meth:`continue_rows`."""
         return _record_native(self, input_ids, layers)
 
-    def continue_rows(self, record: Any, src: Tensor, s0: int, low: int, edits: list[Edit]) -> Tensor:
+    def continue_rows(self, record: Any, src: Tensor, s0: int, low: int, edits: list[Edit],
+                      logits_to_keep: int = 0) -> Tensor:
         """Logits [n, T − s0, V] of the native rows ``src`` of ``record`` with ``edits`` (``batch`` = index into
         ``src``; none before position ``s0`` or below layer ``low``) applied: only positions ≥ ``s0`` of layers
-        ≥ ``low`` are computed."""
-        return _continue_rows(self, record, src, s0, low, edits)
+        ≥ ``low`` are computed (and the unembedding only for the last ``logits_to_keep`` when that is > 0)."""
+        return _continue_rows(self, record, src, s0, low, edits, logits_to_keep)
 
     @functools.cached_property
     def cache_keyword(self) -> str:
@@ -360,9 +361,13 @@ class FamilyAdapter(ABC):
         return next((n for n in ("cache", "past_key_values", "cache_params") if n in params), "past_key_values")
 
     def forward(self, input_ids: Tensor, cache: Any = None, use_cache: bool = False,
-                position_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Any:
-        """Call the model; returns its output (with ``.logits``)."""
+                position_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                logits_to_keep: int = 0) -> Any:
+        """Call the model; returns its output (with ``.logits``; of the last ``logits_to_keep`` positions only when
+        that is > 0)."""
         kwargs: dict[str, Any] = {"input_ids": input_ids, self.cache_keyword: cache, "use_cache": use_cache}
+        if logits_to_keep:
+            kwargs["logits_to_keep"] = int(logits_to_keep)
         if cache is None and use_cache:
             cache = kwargs[self.cache_keyword] = self.new_cache()
         linear_only = _linear_only(cache)

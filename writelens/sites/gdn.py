@@ -40,6 +40,9 @@ from writelens.sites.gdn_oracle import l2norm, naive_gated_delta_rule
 from writelens.sites.kernels import ConvCapture, DeviceDispatch
 from writelens.sites.points import WriteSites, attach, call_input_points
 
+#: segments of at most this many tokens run the per-token (recurrent) kernel: on CPU the torch chunk kernel costs
+#: about as much for 4 tokens as for 64 (it pads to its chunk), the recurrent one grows with the length (crossover ~40)
+STEP_TOKENS = 32
 
 class GDNCall(RecurrentCall):
     """One call of the gated-delta-rule kernel, with the kernel's own (raw, un-normalised) arguments.
@@ -104,7 +107,7 @@ class GDNCall(RecurrentCall):
             v = torch.zeros_like(v)
         g = self.g[rows, t0:t1][:, :, heads].float()
         beta = self.beta[rows, t0:t1][:, :, heads].float()
-        kernel = self.step_kernel if t1 - t0 <= 4 else self.chunk_kernel
+        kernel = self.step_kernel if t1 - t0 <= STEP_TOKENS else self.chunk_kernel
         o, state = kernel(
             q, k, v, g=g, beta=beta, initial_state=initial.float().contiguous(),
             output_final_state=True, use_qk_l2norm_in_kernel=not self.prenormalized,

@@ -107,9 +107,12 @@ class Mamba2Adapter(FamilyAdapter):
         return int(n)
 
     def forward(self, input_ids: Tensor, cache: Any = None, use_cache: bool = False,
-                position_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Any:
+                position_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                logits_to_keep: int = 0) -> Any:
         """Mamba-2 takes no position ids (positions come from the cache)."""
         kwargs: dict[str, Any] = {"input_ids": input_ids, self.cache_keyword: cache, "use_cache": use_cache}
+        if logits_to_keep:
+            kwargs["logits_to_keep"] = int(logits_to_keep)
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         return self.model(**kwargs)

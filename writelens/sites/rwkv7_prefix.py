@@ -30,13 +30,13 @@ def record_native(adapter: Any, ids: Int[Tensor, "N T"], layers: Sequence[int]) 
 
 
 def continue_rows(adapter: Any, record: NativeRecord, src: Int[Tensor, " n"], s0: int, low: int,
-                  edits: list[Any]) -> Float[Tensor, "n L V"]:
-    """Logits of positions ``[s0, T)`` of the native rows ``src`` with ``edits`` applied (``batch`` indexes
-    ``src``)."""
+                  edits: list[Any], logits_to_keep: int = 0) -> Float[Tensor, "n L V"]:
+    """Logits of positions ``[s0, T)`` (the last ``logits_to_keep`` of them when > 0) of the native rows ``src``
+    with ``edits`` applied (``batch`` indexes ``src``)."""
     ids = record.ids[src]
     if s0 == 0:
         with torch.no_grad(), session_scope(RunSession(edits=edits), adapter.layer_modules):
-            return adapter.forward(ids).logits
+            return adapter.forward(ids, logits_to_keep=logits_to_keep).logits
     seen, calls = record.extra, record.session.calls
     cache = adapter.new_cache()
     for i in range(low, len(adapter.layers)):
@@ -47,7 +47,7 @@ def continue_rows(adapter: Any, record: NativeRecord, src: Int[Tensor, " n"], s0
     run = RunSession(edits=edits, start_pos=s0)
     with torch.no_grad(), _short_circuit(skipped, seen["block"][low][src, s0:], seen["v_first"][src, s0:]), \
             session_scope(run, adapter.layer_modules):
-        return adapter.forward(ids[:, s0:], cache=cache, use_cache=True).logits
+        return adapter.forward(ids[:, s0:], cache=cache, use_cache=True, logits_to_keep=logits_to_keep).logits
 
 
 @contextlib.contextmanager

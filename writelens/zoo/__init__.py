@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ZooModelNotFoundError
 from .corpus import heldout_text, train_sample_text
 from .registry import ENTRIES, ZooEntry
-from .text import heldout_passages, train_sample_passages
+
+if TYPE_CHECKING:  # (torch is imported when a model or passages are loaded: `writelens zoo list` needs none)
+    import torch
 
 # `list` is public API (wl.zoo.list()) but kept out of __all__ so a star import cannot shadow the builtin.
 __all__ = [
@@ -98,8 +98,24 @@ def load_tokenizer(name: str = "gdn-tiny") -> Any:
     return AutoTokenizer.from_pretrained(str(path(name)))
 
 
+def heldout_passages(n: int, n_tokens: int, tokenizer: Any = None, seed: int = 0, as_text: bool = False) -> Any:
+    """Passages of the held-out books (never trained on): ids ``[n, n_tokens]`` or ``n`` strings (see
+    :func:`writelens.zoo.text.heldout_passages`)."""
+    from .text import heldout_passages as passages
+
+    return passages(n, n_tokens, tokenizer, seed, as_text)
+
+
+def train_sample_passages(n: int, n_tokens: int, tokenizer: Any = None, seed: int = 0, as_text: bool = False) -> Any:
+    """Passages of the shipped train sample: ids ``[n, n_tokens]`` or ``n`` strings (see
+    :func:`writelens.zoo.text.train_sample_passages`)."""
+    from .text import train_sample_passages as passages
+
+    return passages(n, n_tokens, tokenizer, seed, as_text)
+
+
 def load(
-    name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    name: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a shipped model, via the real ``AutoModelForCausalLM.from_pretrained`` (for
     ``rwkv7-tiny``, which the Auto classes do not map: ``rwkv7_hf``'s ``RWKV7ForCausalLM.from_pretrained``) and
@@ -108,7 +124,7 @@ def load(
     Args:
         name: a name from :func:`list` (``"gdn-tiny"``: ``Qwen3_5ForCausalLM``; ``"mamba2-tiny"``:
             ``Mamba2ForCausalLM``; ``"rwkv7-tiny"``: ``rwkv7_hf.RWKV7ForCausalLM``, needs ``rwkv7-hf``).
-        dtype: parameter dtype (stored weights are float32).
+        dtype: parameter dtype (default ``torch.float32``, as the weights are stored).
         device: where to put the model.
 
     Returns:
@@ -121,8 +137,10 @@ def load(
         ImportError: the model's package is not installed (``rwkv7-tiny`` without ``rwkv7-hf``); the message
             names the extra to install.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
+    dtype = torch.float32 if dtype is None else dtype
     e = entry(name)
     loader = AutoModelForCausalLM if e.module == "transformers" else e.model_cls()
     folder = path(name)

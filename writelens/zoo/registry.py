@@ -15,9 +15,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import Mamba2Config, PretrainedConfig, Qwen3_5TextConfig
+if TYPE_CHECKING:  # (imported where a config is built: listing the zoo needs no transformers / torch)
+    from transformers import Mamba2Config, PretrainedConfig, Qwen3_5TextConfig
 
 MODELS_DIR = Path(__file__).parent / "models"
 
@@ -32,6 +33,8 @@ def gdn_tiny_config(vocab_size: int = 4096) -> Qwen3_5TextConfig:
     ``d_k = d_v = 64``, so each GDN state is ``[4 heads, 64, 64]``. Full attention: 4 query heads of 64 over
     2 KV heads. SwiGLU MLP of width 256. Tied embeddings (vocabulary 4,096).
     """
+    from transformers import Qwen3_5TextConfig
+
     return Qwen3_5TextConfig(
         vocab_size=vocab_size,
         hidden_size=256,
@@ -59,6 +62,8 @@ def mamba2_tiny_config(vocab_size: int = 4096) -> Mamba2Config:
     """Mamba-2, 8 layers, hidden 256, expand 2 (inner 512) = 8 heads of ``head_dim`` 64, ``d_state`` 64,
     one B/C group. Each SSM state is ``[8 heads, 64 (headdim), 64 (d_state)]`` in HF layout. Tied embeddings.
     """
+    from transformers import Mamba2Config
+
     return Mamba2Config(
         vocab_size=vocab_size,
         hidden_size=256,

@@ -1,6 +1,6 @@
 """The experiment commands of the ``writelens`` CLI: ``replace-test``, ``attribute`` and ``steer``.
 
-Registered from :mod:`writelens.cli` (the entry point stays ``writelens.cli:app``). As for ``extract`` and ``train``,
+Registered by :mod:`writelens.cli` (the entry point is ``writelens.cli:app``). As for ``extract`` and ``train``,
 every experiment option is generated from a field of the experiment's options dataclass
 (:class:`~writelens.experiments.replacement.ReplacementOptions`,
 :class:`~writelens.experiments.logit_attribution.AttributionOptions`,
@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import typer
 
-from writelens.cli import build, command, corpus_passages, fail, list_parser, load_lens, write_summary
+from writelens.cli.base import build, command, corpus_passages, fail, list_parser, load_lens, write_summary
 from writelens.errors import WriteLensError
 
 __all__ = ["register", "parse_site", "resolve_site", "load_site_sae", "check_sae", "top_atoms", "target_ids"]
@@ -335,9 +335,7 @@ def _steer(
 
 def register() -> None:
     """Add ``replace-test``, ``attribute`` and ``steer`` to :data:`writelens.cli.app`."""
-    from writelens.experiments.install import InstallOptions
-    from writelens.experiments.logit_attribution import AttributionOptions
-    from writelens.experiments.replacement import ReplacementOptions
+    from writelens.experiments.options import AttributionOptions, InstallOptions, ReplacementOptions
 
     command("replace-test", configs=[(ReplacementOptions, "", ())], base=_replace_test,
             help_overrides={"seed": "firing choice, random atoms, bootstrap." + _SEED_NOTE,
