@@ -79,9 +79,18 @@ def test_native_pass_rows_match_full_forward_and_oracle(family):
         short = native.run(rows, tail=tail)
         for i in range(len(rows)):
             assert short[i].shape[0] == tail
-            torch.testing.assert_close(short[i], got[i][T - tail :], rtol=1e-5, atol=1e-6)
+            assert rel(short[i], got[i][T - tail :]) < TOL
+    for span in (1, 2, 25):  # only the positions up to first + span (the forward stops there)
+        short = native.run(rows, span=span)
+        for i, (_, edits) in enumerate(rows):
+            if edits:
+                first = min(q for e in edits for q in wl.edits.edit_positions(e))
+                assert short[i].shape[0] == min(T, first + span)
+                assert rel(short[i], got[i][: min(T, first + span)]) < TOL
     with pytest.raises(errors.PositionOutOfRangeError):
         native.run(rows[:1], tail=0)
+    with pytest.raises(errors.EditConflictError, match="not both"):
+        native.run(rows[:1], tail=1, span=1)
     reduced = native.run(rows[:2], reduce=lambda i, logits: (i, float(logits[-1].sum())))
     assert [r[0] for r in reduced] == [0, 1] and reduced[1][1] == pytest.approx(float(got[1][-1].sum()), rel=1e-6)
 

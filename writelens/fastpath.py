@@ -59,16 +59,21 @@ class NativePass:
         return self.record.logits
 
     def run(self, rows: Sequence[tuple[int, Sequence[Edit]]],
-            reduce: Callable[[int, Float[Tensor, "L V"]], Any] | None = None, *, tail: int | None = None
-            ) -> list[Any]:
+            reduce: Callable[[int, Float[Tensor, "L V"]], Any] | None = None, *, tail: int | None = None,
+            span: int | None = None) -> list[Any]:
         """Each row (passage index, edits of that row; an edit's ``batch`` is ignored: it applies to its row) run
         with the exact edit engine; returns ``reduce(i, logits_i)`` per row in order (the logits when ``reduce`` is
-        None). The logits are [T, V], or with ``tail`` the last ``tail`` positions only [tail, V] (the unembedding
-        then runs on those alone: what a measurement at the last position needs). A row without edits gets the
-        native logits."""
+        None). The logits are [T, V]; with ``tail`` the last ``tail`` positions only [tail, V] (the unembedding then
+        runs on those alone: what a measurement at the last position needs); with ``span`` positions
+        ``[0, first + span)`` only, ``first`` the row's first edit position (the forward stops there: what a
+        next-token measurement needs). A row without edits gets the native logits (as long as the others)."""
         T = self.passages.shape[1]
-        if tail is not None and not 1 <= int(tail) <= T:
-            raise PositionOutOfRangeError(f"tail={tail} must be between 1 and the passages' {T} positions.")
+        if tail is not None and span is not None:
+            raise EditConflictError("give tail= (the last positions) or span= (positions after the first edit), "
+                                    "not both.")
+        for name, value in (("tail", tail), ("span", span)):
+            if value is not None and not 1 <= int(value) <= T:
+                raise PositionOutOfRangeError(f"{name}={value} must be between 1 and the passages' {T} positions.")
         lo = 0 if tail is None else T - int(tail)  # the first position handed to reduce
         plans = []
         for i, (p, edits) in enumerate(rows):
@@ -91,24 +96,27 @@ class NativePass:
         todo = sorted(pl for pl in plans if pl[4])
         for pl in plans:
             if not pl[4]:
-                out[pl[2]] = _reduced(reduce, pl[2], native[pl[3], lo:])
+                out[pl[2]] = _reduced(reduce, pl[2], native[pl[3], lo:])  # (span: as long as a row at T)
         for group in _groups(todo, T):
             s0 = group[0][0]
             low = min(pl[1] for pl in group)
             src = torch.tensor([pl[3] for pl in group], device=self.passages.device)
             edits = [dataclasses.replace(e, batch=j) for j, pl in enumerate(group) for e in pl[4]]
-            keep = T - s0 if tail is None else min(int(tail), T - s0)  # computed: positions [T − keep, T)
+            end = T if span is None else min(T, max(pl[0] for pl in group) + int(span))  # computed: [s0, end)
+            keep = end - s0 if tail is None else min(int(tail), T - s0)  # unembedded: [end − keep, end)
             suffix = self.adapter.continue_rows(self.record, src, s0, low, edits,
-                                                logits_to_keep=0 if tail is None else keep)
+                                                logits_to_keep=0 if tail is None else keep,
+                                                stop=0 if end == T else end)
             if not (torch.isfinite(suffix[:, 0]).all() and torch.isfinite(suffix[:, -1]).all()):
                 # (a runaway edit reaches every later position; its first and last are checked)
                 raise NonFiniteError(
                     "The edited run produced NaN/inf logits; an edit's magnitude is probably enormous — "
                     "check Replace/Add scales and Install magnitudes.")
             for j, (first, _low, i, p, _e) in enumerate(group):
-                full = native[p, lo:].clone()
-                start = max(first, T - keep)
-                full[start - lo :] = suffix[j, start - (T - keep) :]
+                stop = T if span is None else min(T, first + int(span))
+                full = native[p, lo:stop].clone()
+                start = max(first, end - keep)
+                full[start - lo :] = suffix[j, start - (end - keep) : stop - (end - keep)]
                 out[i] = _reduced(reduce, i, full)
             del suffix
         return out

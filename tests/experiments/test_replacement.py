@@ -107,3 +107,22 @@ def test_options_matched_norm_positions_controls_population_flat_baseline():
     named = replacement_test(lens(), sae(), (LAYER, HEAD), ids,
                              ReplacementOptions(features=[pop.feature[0]], atom_choice="feature", **base))
     assert set(named.feature) == {pop.feature[0]} == set(named.atom)
+
+
+@pytest.mark.parametrize("kl_position,timing", [("last", "with_read"), ("next", "with_read"), ("next", "after_read"),
+                                                ("mean_from_t", "with_read")])
+def test_delete_kls_equal_full_edited_forwards(kl_position, timing):
+    """The KLs the test measures through one native pass (with tail= / span= trimming the forward) equal KLs from full
+    edited forwards of each firing's passage."""
+    from writelens.experiments.common import kl_positions
+
+    ids = passages(3, 20)
+    res = replacement_test(lens(), sae(), (LAYER, HEAD), ids,
+                           ReplacementOptions(max_firings=8, progress=False, n_bootstrap=100, kl_position=kl_position,
+                                              timing=timing))
+    native = lens().run(ids).logits
+    for p, t, kl in zip(res.passage, res.position, res.kl_delete, strict=True):
+        edited = lens().run(ids[p : p + 1], edits=[wl.Delete(LAYER, HEAD, t, timing=timing)], _fast=False).logits[0]
+        pos = kl_positions(t, ids.shape[1], kl_position, timing)
+        want = float(kl_from_logits(native[p, pos], edited[pos].float()).mean()) if pos else float("nan")
+        assert kl == pytest.approx(want, rel=1e-4, abs=1e-9, nan_ok=True)

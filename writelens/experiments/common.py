@@ -194,10 +194,10 @@ def scan_site(lens, sae: Any, site: Any, passages: Int[Tensor, "N T"], *, min_po
 
 def run_rows(lens, passages: Int[Tensor, "N T"], rows: Sequence[tuple[int, Sequence[Edit]]],
              reduce: Callable[[int, Float[Tensor, "T V"]], Any], *, batch_rows: int = 48, desc: str = "edited runs",
-             show: bool = True, tail: int | None = None) -> list[Any]:
+             show: bool = True, tail: int | None = None, span: int | None = None) -> list[Any]:
     """Run each row (passage index, edits of that row) with the exact edit engine and return
     ``reduce(i, logits_i)`` per row in order (logits [T, V]; with ``tail`` the last ``tail`` positions [tail, V],
-    the unembedding run on those alone). The passages run natively once per chunk of ``batch_rows`` distinct
+    the unembedding run on those alone; with ``span`` positions [0, first edit + span), the forward stopping there). The passages run natively once per chunk of ``batch_rows`` distinct
     passages (a :class:`writelens.fastpath.NativePass`); every row then costs only the layers and positions its
     edits change (``writelens.fastpath``)."""
     out: list[Any] = [None] * len(rows)
@@ -214,7 +214,7 @@ def run_rows(lens, passages: Int[Tensor, "N T"], rows: Sequence[tuple[int, Seque
         layers = {min(e.layer for e in rows[i][1]) for i in mine if rows[i][1]} or {lens.recurrent_layers[0]}
         native = NativePass(lens, passages[torch.tensor(chunk)], layers)
         results = native.run([(local[int(rows[i][0])], rows[i][1]) for i in mine],
-                             lambda j, logits, mine=mine: reduce(mine[j], logits), tail=tail)
+                             lambda j, logits, mine=mine: reduce(mine[j], logits), tail=tail, span=span)
         for i, r in zip(mine, results, strict=True):
             out[i] = r
         del native

@@ -305,15 +305,16 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
         meta.append((scale if scale is not None else native, native, seed, random_atom))
 
     tail = 1 if options.kl_position == "last" else None  # the unembedding then runs at the last position only
+    span = 2 if options.kl_position == "next" else None  # the forward stops after the first affected position
 
     def reduce(r: int, logits):
         p, t = rows[r][0], firings[r // len(conditions)][1]
         pos = kl_positions(t, length, options.kl_position, options.timing)
-        mine = [q - (length - logits.shape[0]) for q in pos]
+        mine = [q - (length - logits.shape[0]) for q in pos] if tail else pos
         return float(kl_from_logits(scan.logits[p, pos], logits[mine].float(), options.kl_direction).mean())
 
     kls = run_rows(lens, ids, rows, reduce, batch_rows=options.batch_rows, desc="replacement", show=options.progress,
-                   tail=tail)
+                   tail=tail, span=span)
     by_cond = {c: kls[k :: len(conditions)] for k, c in enumerate(conditions)}
     feats = [f[2] for f in firings]
     psg = [f[0] for f in firings]

@@ -347,11 +347,12 @@ class FamilyAdapter(ABC):
         return _record_native(self, input_ids, layers)
 
     def continue_rows(self, record: Any, src: Tensor, s0: int, low: int, edits: list[Edit],
-                      logits_to_keep: int = 0) -> Tensor:
+                      logits_to_keep: int = 0, stop: int = 0) -> Tensor:
         """Logits [n, T − s0, V] of the native rows ``src`` of ``record`` with ``edits`` (``batch`` = index into
         ``src``; none before position ``s0`` or below layer ``low``) applied: only positions ≥ ``s0`` of layers
-        ≥ ``low`` are computed (and the unembedding only for the last ``logits_to_keep`` when that is > 0)."""
-        return _continue_rows(self, record, src, s0, low, edits, logits_to_keep)
+        ≥ ``low`` are computed, up to ``stop`` (0: the end), the unembedding only for the last ``logits_to_keep``
+        when that is > 0."""
+        return _continue_rows(self, record, src, s0, low, edits, logits_to_keep, stop)
 
     @functools.cached_property
     def cache_keyword(self) -> str:

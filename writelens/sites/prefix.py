@@ -91,18 +91,18 @@ def record_native(adapter: Any, ids: Int[Tensor, "N T"], layers: Sequence[int]) 
 
 
 def continue_rows(adapter: Any, record: NativeRecord, src: Int[Tensor, " n"], s0: int, low: int,
-                  edits: list[Any], logits_to_keep: int = 0) -> Float[Tensor, "n L V"]:
-    """Logits of positions ``[s0, T)`` (the last ``logits_to_keep`` of them when > 0) of the native rows ``src``
-    with ``edits`` applied (their ``batch`` indexes ``src``; none before ``s0`` or below layer ``low``, which must be
-    one of the recorded layers)."""
-    T = record.ids.shape[1]
+                  edits: list[Any], logits_to_keep: int = 0, stop: int = 0) -> Float[Tensor, "n L V"]:
+    """Logits of positions ``[s0, stop)`` (``stop`` 0: T; the last ``logits_to_keep`` of them when > 0) of the
+    native rows ``src`` with ``edits`` applied (their ``batch`` indexes ``src``; none before ``s0`` or below layer
+    ``low``, which must be one of the recorded layers)."""
+    T = stop or record.ids.shape[1]
     cache = adapter.new_cache() if s0 == 0 else prefix_cache(adapter, record, src, s0, low)
-    hidden = record.inputs[low][src, s0:]
+    hidden = record.inputs[low][src, s0:T]
     pos_ids = torch.arange(s0, T, device=record.ids.device)[None].expand(len(src), -1)
     run = RunSession(edits=edits, start_pos=s0)
     with torch.no_grad(), short_circuit([adapter.layers[i] for i in range(low)], hidden), \
             session_scope(run, adapter.layer_modules):
-        out = adapter.forward(record.ids[src, s0:], cache=cache, use_cache=True, position_ids=pos_ids,
+        out = adapter.forward(record.ids[src, s0:T], cache=cache, use_cache=True, position_ids=pos_ids,
                               logits_to_keep=logits_to_keep)
     return out.logits
 

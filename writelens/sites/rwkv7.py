@@ -334,8 +334,8 @@ class RWKV7Adapter(FamilyAdapter):
         return _record_native(self, input_ids, layers)
 
     def continue_rows(self, record: Any, src: Tensor, s0: int, low: int, edits: list[Edit],
-                      logits_to_keep: int = 0) -> Tensor:
+                      logits_to_keep: int = 0, stop: int = 0) -> Tensor:
         """Rows continued from an ``RWKV7Cache`` at ``s0`` (state at s0−1, token shifts = the recorded inputs at
         s0−1), the blocks below ``low`` short-circuited."""
-        return _continue_rows(self, record, src, s0, low, edits, logits_to_keep)
+        return _continue_rows(self, record, src, s0, low, edits, logits_to_keep, stop)
 

@@ -30,10 +30,11 @@ def record_native(adapter: Any, ids: Int[Tensor, "N T"], layers: Sequence[int]) 
 
 
 def continue_rows(adapter: Any, record: NativeRecord, src: Int[Tensor, " n"], s0: int, low: int,
-                  edits: list[Any], logits_to_keep: int = 0) -> Float[Tensor, "n L V"]:
-    """Logits of positions ``[s0, T)`` (the last ``logits_to_keep`` of them when > 0) of the native rows ``src``
-    with ``edits`` applied (``batch`` indexes ``src``)."""
-    ids = record.ids[src]
+                  edits: list[Any], logits_to_keep: int = 0, stop: int = 0) -> Float[Tensor, "n L V"]:
+    """Logits of positions ``[s0, stop)`` (``stop`` 0: T; the last ``logits_to_keep`` of them when > 0) of the
+    native rows ``src`` with ``edits`` applied (``batch`` indexes ``src``)."""
+    T = stop or record.ids.shape[1]
+    ids = record.ids[src, :T]
     if s0 == 0:
         with torch.no_grad(), session_scope(RunSession(edits=edits), adapter.layer_modules):
             return adapter.forward(ids, logits_to_keep=logits_to_keep).logits
@@ -45,7 +46,7 @@ def continue_rows(adapter: Any, record: NativeRecord, src: Int[Tensor, " n"], s0
     cache.seen_tokens = s0
     skipped = [adapter.layers[i] for i in range(low)]
     run = RunSession(edits=edits, start_pos=s0)
-    with torch.no_grad(), _short_circuit(skipped, seen["block"][low][src, s0:], seen["v_first"][src, s0:]), \
+    with torch.no_grad(), _short_circuit(skipped, seen["block"][low][src, s0:T], seen["v_first"][src, s0:T]), \
             session_scope(run, adapter.layer_modules):
         return adapter.forward(ids[:, s0:], cache=cache, use_cache=True, logits_to_keep=logits_to_keep).logits
 
