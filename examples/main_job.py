@@ -41,7 +41,7 @@ from writelens.experiments.common import scan_site
 from writelens.sae import BilinearSAE
 from writelens.sae.data import StateDataset
 from writelens.sae.train import TrainConfig, train_sae
-from writelens.zoo.random_init import spread_gates
+from writelens.zoo.gates import spread_gates
 
 
 @dataclass
@@ -167,7 +167,7 @@ def random_mamba2(quick: bool):
 
 def random_rwkv7(quick: bool):
     """A random-init rwkv7_hf RWKV7ForCausalLM (the zoo shape, or a tiny one with ``quick``). Random init leaves
-    k_k = k_a = 0 (no erase term) and tiny mixes; spread them (writelens.zoo.random_init)."""
+    k_k = k_a = 0 (no erase term) and tiny mixes; spread them (writelens.zoo.gates)."""
     from rwkv7_hf.configuration_rwkv7 import RWKV7Config
     from rwkv7_hf.modeling_rwkv7 import RWKV7ForCausalLM
 

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from writelens.zoo.random_init import spread_gates
+from writelens.zoo.gates import spread_gates
 
 
 @functools.cache

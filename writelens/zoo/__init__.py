@@ -48,6 +48,9 @@ __all__ = [
     "saes",
     "sae_path",
     "load_sae",
+    "random_init",
+    "real_configs",
+    "real_config",
     "heldout_text",
     "train_sample_text",
     "heldout_passages",
@@ -200,3 +203,28 @@ def load_sae(name: str, layer: int, head: int, device: str | torch.device = "cpu
     from ..sae.io import load_sae as _load
 
     return _load(sae_path(name, layer, head), device=device)
+
+
+def random_init(name: str, layers: int | None = None, seed: int = 0, dtype: Any = None,
+                overrides: dict[str, Any] | None = None) -> Any:
+    """A seeded random-init model of a published architecture at its real widths, optionally its first ``layers``
+    layers (see :func:`writelens.zoo.random_init.random_init`; names: :func:`real_configs`)."""
+    import torch
+
+    from .real import random_init as build
+
+    return build(name, layers=layers, seed=seed, dtype=torch.float32 if dtype is None else dtype, overrides=overrides)
+
+
+def real_configs() -> dict[str, str]:
+    """Names of the shipped real-architecture configs (no weights) → descriptions."""
+    from .real import real_configs as names
+
+    return names()
+
+
+def real_config(name: str) -> Any:
+    """The shipped :class:`~writelens.zoo.random_init.RealConfig` ``name`` (values and their sources)."""
+    from .real import real_config as get
+
+    return get(name)
