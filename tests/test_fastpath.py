@@ -87,6 +87,15 @@ def test_native_pass_rows_match_full_forward_and_oracle(family):
                 first = min(q for e in edits for q in wl.edits.edit_positions(e))
                 assert short[i].shape[0] == min(T, first + span)
                 assert rel(short[i], got[i][: min(T, first + span)]) < TOL
+    lean = NativePass(lens, x, native.layers, tail=30)  # native logits of the last 30 positions only
+    assert lean.logits.shape[1] == 30
+    for i, short in enumerate(lean.run(rows, tail=5)):
+        assert rel(short, got[i][T - 5 :]) < TOL
+    assert torch.equal(lean.run(rows[2:3])[0], native.logits[0, T - 30 :])  # tail defaults to what it kept
+    with pytest.raises(errors.EditConflictError, match="last 30 positions"):
+        lean.run(rows[:1], tail=31)
+    with pytest.raises(errors.EditConflictError, match="last 30 positions"):
+        lean.run(rows[:1], span=2)
     with pytest.raises(errors.PositionOutOfRangeError):
         native.run(rows[:1], tail=0)
     with pytest.raises(errors.EditConflictError, match="not both"):

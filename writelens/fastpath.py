@@ -41,18 +41,24 @@ class NativePass:
     """The native forward over ``passages`` [N, T], kept so that edited rows of them cost only their suffix.
 
     ``layers``: every layer an edited row's lowest edit may sit at (their inputs are recorded; what the passes
-    keep grows with ``T − min(layers)`` layers' worth of kernel inputs, see the docs' performance page).
-    ``logits`` [N, T, V] are the native logits.
+    keep grows with the number of layers from ``min(layers)`` on, see the docs' performance page). ``tail``: keep
+    (and compute) the native logits of the last ``tail`` positions only — with a 248k-token vocabulary the logits
+    are most of a forward and 1 MB per position; :meth:`run` then serves ``tail=`` measurements only.
+    ``logits`` are the native logits kept, [N, T, V] or [N, tail, V].
     """
 
-    def __init__(self, lens: Any, passages: Int[Tensor, "N T"], layers: Iterable[int]):
+    def __init__(self, lens: Any, passages: Int[Tensor, "N T"], layers: Iterable[int], *, tail: int | None = None):
         self.lens = lens
         self.adapter = lens.adapter
         self.passages = passages
         self.layers = sorted({int(x) for x in layers})
         if not self.layers:
             raise EditConflictError("NativePass needs at least one layer that edited rows start at (layers=[...]).")
-        self.record = self.adapter.record_native(passages, self.layers)
+        T = passages.shape[1]
+        if tail is not None and not 1 <= int(tail) <= T:
+            raise PositionOutOfRangeError(f"tail={tail} must be between 1 and the passages' {T} positions.")
+        self.kept = T if tail is None else int(tail)  # native logits of positions [T − kept, T)
+        self.record = self.adapter.record_native(passages, self.layers, 0 if tail is None else self.kept)
 
     @property
     def logits(self) -> Float[Tensor, "N T V"]:
@@ -68,6 +74,11 @@ class NativePass:
         ``[0, first + span)`` only, ``first`` the row's first edit position (the forward stops there: what a
         next-token measurement needs). A row without edits gets the native logits (as long as the others)."""
         T = self.passages.shape[1]
+        if self.kept < T:
+            if span is not None or (tail is not None and int(tail) > self.kept):
+                raise EditConflictError(f"this NativePass kept the native logits of the last {self.kept} positions "
+                                        f"only; ask for tail <= {self.kept} (or build it without tail=).")
+            tail = self.kept if tail is None else tail
         if tail is not None and span is not None:
             raise EditConflictError("give tail= (the last positions) or span= (positions after the first edit), "
                                     "not both.")
@@ -92,11 +103,12 @@ class NativePass:
                     "build it with layers= including every layer the rows' lowest edits sit at.")
             plans.append((min(p for e in edits for p in edit_positions(e)), low, i, int(p), edits))
         out: list[Any] = [None] * len(rows)
-        native = self.record.logits
+        native = self.record.logits  # positions [T − kept, T)
+        off = T - self.kept
         todo = sorted(pl for pl in plans if pl[4])
         for pl in plans:
             if not pl[4]:
-                out[pl[2]] = _reduced(reduce, pl[2], native[pl[3], lo:])  # (span: as long as a row at T)
+                out[pl[2]] = _reduced(reduce, pl[2], native[pl[3], lo - off :])  # (span: as long as a row at T)
         for group in _groups(todo, T):
             s0 = group[0][0]
             low = min(pl[1] for pl in group)
@@ -114,7 +126,7 @@ class NativePass:
                     "check Replace/Add scales and Install magnitudes.")
             for j, (first, _low, i, p, _e) in enumerate(group):
                 stop = T if span is None else min(T, first + int(span))
-                full = native[p, lo:stop].clone()
+                full = native[p, lo - off : stop - off].clone()
                 start = max(first, end - keep)
                 full[start - lo :] = suffix[j, start - (end - keep) : stop - (end - keep)]
                 out[i] = _reduced(reduce, i, full)

@@ -111,7 +111,8 @@ def unreachable(positions: Sequence[int], length: int, mode: KLPosition, timing:
 class Scan:
     """What one native pass over the passages gives at a site (positions < ``min_position`` are masked).
 
-    logits: [N, T, V] native logits (float32); values / indices: [N, T, m] the SAE's sparse codes of the state
+    logits: [N, T, V] native logits (float32; [N, k, V], the last k positions, when the scan kept only those);
+    values / indices: [N, T, m] the SAE's sparse codes of the state
     after each position's write (values 0 where masked or inactive); write_norm: [N, T] ‖β_t k̂_t v_tᵀ‖_F;
     value_norm: [N, T] ‖v_t‖ (the β-free write norm with unit k̂); flat_svd: optional (key [N,T,d_k],
     value [N,T,d_v]) top-1 singular factors of a second (flat) SAE's reconstruction; write: the native write's
@@ -134,10 +135,12 @@ class Scan:
 
 @torch.no_grad()
 def scan_site(lens, sae: Any, site: Any, passages: Int[Tensor, "N T"], *, min_position: int = 0,
-              batch_size: int = 8, keep_logits: bool = True, flat_sae: Any = None, desc: str = "scan",
+              batch_size: int = 8, keep_logits: bool | int = True, flat_sae: Any = None, desc: str = "scan",
               show: bool = True) -> Scan:
     """Run the passages natively once, encode the state after every position's write at ``site`` with ``sae``
-    (per-position states from ``cache.states``), and record write norms (and a flat SAE's top-1 SVD if given)."""
+    (per-position states from ``cache.states``), and record write norms (and a flat SAE's top-1 SVD if given).
+    ``keep_logits``: keep the native logits (True), none (False), or those of the last k positions only (an int k:
+    with a 248k-token vocabulary a passage's logits are 1 MB per position)."""
     layer, head = site_tuple(site)
     sae = single_head_sae(sae, head)
     flat_sae = single_head_sae(flat_sae, head)
@@ -148,8 +151,10 @@ def scan_site(lens, sae: Any, site: Any, passages: Int[Tensor, "N T"], *, min_po
     wk, wv, wb = [], [], []
     for start in progress(range(0, n, batch_size), total=-(-n // batch_size), desc=desc, enabled=show):
         out = lens.run(ids[start : start + batch_size], cache=True, sites=[(layer, head)])
-        if keep_logits:
+        if keep_logits is True:
             logits.append(out.logits.float().cpu())
+        elif keep_logits:
+            logits.append(out.logits[:, -int(keep_logits):].float().cpu())
         w = out.cache.write(layer, head)
         wnorm.append((w.beta.abs() * w.key.norm(dim=-1) * w.value.norm(dim=-1)).cpu())
         vnorm.append((w.key.norm(dim=-1) * w.value.norm(dim=-1)).cpu())
@@ -212,7 +217,7 @@ def run_rows(lens, passages: Int[Tensor, "N T"], rows: Sequence[tuple[int, Seque
         local = {p: j for j, p in enumerate(chunk)}
         mine = [i for p in chunk for i in by_passage[p]]
         layers = {min(e.layer for e in rows[i][1]) for i in mine if rows[i][1]} or {lens.recurrent_layers[0]}
-        native = NativePass(lens, passages[torch.tensor(chunk)], layers)
+        native = NativePass(lens, passages[torch.tensor(chunk)], layers, tail=tail)
         results = native.run([(local[int(rows[i][0])], rows[i][1]) for i in mine],
                              lambda j, logits, mine=mine: reduce(mine[j], logits), tail=tail, span=span)
         for i, r in zip(mine, results, strict=True):

@@ -271,6 +271,7 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
     ids = as_passages(passages)
     n, length = ids.shape
     scan = scan_site(lens, sae, (layer, head), ids, min_position=options.min_position, batch_size=options.scan_batch,
+                     keep_logits=1 if options.kl_position == "last" else True,
                      flat_sae=flat_sae if options.baseline == "flat_svd" else None, show=options.progress)
     firings = _select_firings(scan, options, length)
     atom_ids = sorted({f[3] for f in firings})
@@ -311,7 +312,8 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
         p, t = rows[r][0], firings[r // len(conditions)][1]
         pos = kl_positions(t, length, options.kl_position, options.timing)
         mine = [q - (length - logits.shape[0]) for q in pos] if tail else pos
-        return float(kl_from_logits(scan.logits[p, pos], logits[mine].float(), options.kl_direction).mean())
+        ref = [q - (length - scan.logits.shape[1]) for q in pos]  # (the scan kept the last position only for "last")
+        return float(kl_from_logits(scan.logits[p, ref], logits[mine].float(), options.kl_direction).mean())
 
     kls = run_rows(lens, ids, rows, reduce, batch_rows=options.batch_rows, desc="replacement", show=options.progress,
                    tail=tail, span=span)

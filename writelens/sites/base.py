@@ -340,11 +340,11 @@ class FamilyAdapter(ABC):
         up to terms that do not depend on o. Differentiable; used linearised (JVP) by the attribution."""
         raise UnsupportedModelError(f"the {self.family} adapter has no readout description.")
 
-    def record_native(self, input_ids: Tensor, layers: Any) -> Any:
+    def record_native(self, input_ids: Tensor, layers: Any, logits_to_keep: int = 0) -> Any:
         """One native forward over ``input_ids`` [N, T] keeping what edited rows whose lowest edited layer is one of
         ``layers`` need to continue from any position (``writelens.sites.prefix``: an HF ``DynamicCache`` built
         at the first edit); a family whose cache that builder cannot make overrides this and :meth:`continue_rows`."""
-        return _record_native(self, input_ids, layers)
+        return _record_native(self, input_ids, layers, logits_to_keep)
 
     def continue_rows(self, record: Any, src: Tensor, s0: int, low: int, edits: list[Edit],
                       logits_to_keep: int = 0, stop: int = 0) -> Tensor:

@@ -72,9 +72,10 @@ def record_inputs(layers: dict[int, torch.nn.Module], store: dict[int, Tensor]) 
     return handles
 
 
-def record_native(adapter: Any, ids: Int[Tensor, "N T"], layers: Sequence[int]) -> NativeRecord:
+def record_native(adapter: Any, ids: Int[Tensor, "N T"], layers: Sequence[int], logits_to_keep: int = 0
+                  ) -> NativeRecord:
     """The native forward over ``ids`` with what :func:`continue_rows` needs for rows whose lowest edited layer is
-    one of ``layers``."""
+    one of ``layers`` (its logits: of the last ``logits_to_keep`` positions only when > 0)."""
     first = min(layers)
     inputs: dict[int, Tensor] = {}
     handles = record_inputs({i: adapter.layers[i] for i in set(layers)}, inputs)
@@ -83,7 +84,7 @@ def record_native(adapter: Any, ids: Int[Tensor, "N T"], layers: Sequence[int]) 
     cache = adapter.new_cache()
     try:
         with torch.no_grad(), session_scope(session, adapter.layer_modules):
-            logits = adapter.forward(ids, cache=cache, use_cache=True).logits
+            logits = adapter.forward(ids, cache=cache, use_cache=True, logits_to_keep=logits_to_keep).logits
     finally:
         for h in handles:
             h.remove()

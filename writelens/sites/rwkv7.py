@@ -328,10 +328,10 @@ class RWKV7Adapter(FamilyAdapter):
         w = self._modules[layer].o_proj.weight
         return w[:, head * self.d_v : (head + 1) * self.d_v]
 
-    def record_native(self, input_ids: Tensor, layers: Any) -> Any:
+    def record_native(self, input_ids: Tensor, layers: Any, logits_to_keep: int = 0) -> Any:
         """The native pass (``writelens.sites.rwkv7_prefix``): captured calls, each block / TimeMix / ChannelMix
         input from the lowest of ``layers`` on, and ``v_first``."""
-        return _record_native(self, input_ids, layers)
+        return _record_native(self, input_ids, layers, logits_to_keep)
 
     def continue_rows(self, record: Any, src: Tensor, s0: int, low: int, edits: list[Edit],
                       logits_to_keep: int = 0, stop: int = 0) -> Tensor:

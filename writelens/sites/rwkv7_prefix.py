@@ -17,14 +17,15 @@ from writelens.sites.session import RunSession, session_scope
 __all__ = ["record_native", "continue_rows"]
 
 
-def record_native(adapter: Any, ids: Int[Tensor, "N T"], layers: Sequence[int]) -> NativeRecord:
+def record_native(adapter: Any, ids: Int[Tensor, "N T"], layers: Sequence[int], logits_to_keep: int = 0
+                  ) -> NativeRecord:
     """The native forward over ``ids``: captured calls of the layers from the lowest of ``layers`` on, each of
     those layers' block / TimeMix / ChannelMix inputs ([N, T, C]) and block 0's ``v_first``."""
     first = min(layers)
     seen: dict[str, Any] = {"block": {}, "attn": {}, "ffn": {}, "v_first": None}
     session = RunSession(capture=frozenset(i for i in adapter.layer_modules if i >= first))
     with torch.no_grad(), _recording(adapter.layers, first, seen), session_scope(session, adapter.layer_modules):
-        logits = adapter.forward(ids).logits
+        logits = adapter.forward(ids, logits_to_keep=logits_to_keep).logits
     return NativeRecord(ids=ids, logits=logits, inputs=seen["block"], session=session, cache=None,
                         first_layer=first, extra=seen)
 
