@@ -126,3 +126,26 @@ def test_delete_kls_equal_full_edited_forwards(kl_position, timing):
         pos = kl_positions(t, ids.shape[1], kl_position, timing)
         want = float(kl_from_logits(native[p, pos], edited[pos].float()).mean()) if pos else float("nan")
         assert kl == pytest.approx(want, rel=1e-4, abs=1e-9, nan_ok=True)
+
+
+def test_rank2_atoms_at_matched_norm():
+    """A rank-2 SAE (RWKV-7's WriteSAE) at scale='matched_norm': the atom is added at the native write's norm (this
+    used to fail with float(None)); its KL equals Delete + Add of the unit atom matrix at that norm, run directly."""
+    from writelens.experiments.common import kl_positions
+    from writelens.sae import BilinearSAE
+
+    sae2 = BilinearSAE(d_k=16, d_v=16, n_features=32, k=4, rank=2, seed=1)
+    ids = passages(3, 20)
+    res = replacement_test(lens(), sae2, (LAYER, HEAD), ids,
+                           ReplacementOptions(max_firings=6, progress=False, n_bootstrap=100, scale="matched_norm",
+                                              allow_foreign_sae=True))
+    assert res.scale == pytest.approx(res.native_norm)
+    native = lens().run(ids).logits
+    for i in range(3):
+        p, t = res.passage[i], res.position[i]
+        m = sae2.atoms([res.atom[i]]).matrix()[0]
+        edits = [wl.Delete(LAYER, HEAD, t), wl.Add(LAYER, HEAD, t, matrix=m / m.norm(), scale=res.native_norm[i])]
+        edited = lens().run(ids[p : p + 1], edits=edits, _fast=False).logits[0]
+        pos = kl_positions(t, ids.shape[1], "last")
+        assert res.kl_atom[i] == pytest.approx(float(kl_from_logits(native[p, pos], edited[pos]).mean()), rel=1e-4,
+                                               abs=1e-9)

@@ -240,13 +240,15 @@ def _select_firings(scan, options: ReplacementOptions, length: int) -> list[tupl
     return sorted(chosen, key=lambda c: (c[0], c[1]))
 
 
-def _atom_edit(layer, head, t, atoms, row, scale, timing):
-    """Replace the write at t by atom ``row`` of ``atoms`` at Frobenius norm ``scale`` (None: matched norm)."""
+def _atom_edit(layer, head, t, atoms, row, scale, timing, native_norm: float):
+    """Replace the write at t by atom ``row`` of ``atoms`` at Frobenius norm ``scale`` (None: matched norm, the
+    native write's ``native_norm``)."""
     if atoms.key.shape[1] == 1:
         return [Replace(layer, head, t, key=atoms.key[row, 0], value=atoms.value[row, 0], scale=scale, timing=timing)]
     matrix = atoms.matrix()[row]
+    size = native_norm if scale is None else scale
     return [Delete(layer, head, t, timing=timing),
-            Add(layer, head, t, matrix=matrix / matrix.norm(), scale=float(scale), timing=timing)]
+            Add(layer, head, t, matrix=matrix / matrix.norm(), scale=float(size), timing=timing)]
 
 
 @torch.no_grad()
@@ -288,21 +290,21 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
         scale = coef * float(atom_norm[row_of[atom]]) if options.scale == "coefficient" else None
         seed = int(options.seed) * 1_000_003 + i
         random_atom = -1
-        rows.append((p, _atom_edit(layer, head, t, atoms, row_of[atom], scale, timing)))
+        native = float(scan.write_norm[p, t])
+        rows.append((p, _atom_edit(layer, head, t, atoms, row_of[atom], scale, timing, native)))
         rows.append((p, [Delete(layer, head, t, timing=timing)]))
         if options.random_control == "alive_atom":
             active = set(scan.indices[p, t][scan.values[p, t] > 0].tolist())
             pool = [a for a in alive if a not in active] or [a for a in range(sae.cfg.n_features) if a not in active]
             random_atom = int(pool[int(rng.integers(len(pool)))])
             ra = sae.atoms([random_atom])
-            rows.append((p, _atom_edit(layer, head, t, ra, 0, scale, timing)))
+            rows.append((p, _atom_edit(layer, head, t, ra, 0, scale, timing, native)))
         else:
             rows.append((p, [RandomAtom(layer, head, t, scale=scale, seed=seed, timing=timing)]))
         if options.baseline == "flat_svd":
             fk, fv = scan.flat_svd
             rows.append((p, [Replace(layer, head, t, key=fk[p, t], value=fv[p, t], scale=None, timing=timing)]))
         rows.append((p, null_edits(layer, head, t, wk[p, t], wv[p, t], float(wb[p, t]), options.null_edit, timing)))
-        native = float(scan.write_norm[p, t])
         meta.append((scale if scale is not None else native, native, seed, random_atom))
 
     tail = 1 if options.kl_position == "last" else None  # the unembedding then runs at the last position only
