@@ -56,6 +56,10 @@ EXAMPLES: list[tuple[str, str]] = [
                              "train_sae(wl.sae.BilinearSAE(d_k=4, d_v=4, n_features=8, k=2, seed=0), "
                              "wl.sae.data.StateDataset.from_tensor(x), TrainConfig(steps=30, batch_size=64, "
                              "init_from_data=False, resample_every=0, dense_threshold=1.0, progress=False))"),
+    ("TrainingQualityWarning", "from writelens.sae.train import TrainConfig, train_sae\n"
+                               "train_sae(wl.sae.BilinearSAE(d_k=4, d_v=4, n_features=64, k=2, seed=0), "
+                               "wl.sae.data.StateDataset.from_tensor(torch.randn(256, 4, 4)), "
+                               "TrainConfig(steps=2, batch_size=64, progress=False))"),
 ]
 #: classes with no cheap example, and what raises them
 NO_EXAMPLE = {

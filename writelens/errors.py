@@ -206,3 +206,13 @@ class FeatureHealthWarning(UserWarning):
     Fix: train with the default ``TrainConfig`` (``init_from_data=True``, ``dense_threshold=0.5``) and a
     ``resample_every``, or build the SAE with ``center=True``.
     """
+
+
+class TrainingQualityWarning(UserWarning):
+    """An SAE finished training with a final FVE below 0.3 (it explains less than 30 % of the states' variance), or
+    with a budget below 20 training states per feature (too few for every feature to be seen): experiments on it
+    then measure an SAE that has not learnt the states. ``TrainResult.warnings`` holds the line.
+
+    Fix: train longer (``TrainConfig(steps=...)`` or more ``epochs``), extract more states, or use fewer features.
+    """
+

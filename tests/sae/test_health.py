@@ -62,7 +62,7 @@ def test_forced_constant_feature_is_reported_logged_and_warned():
     assert result.final_val.n_dense == 1 and result.final_val.n_bias_dominated >= 1
     assert bool(result.health.dense[0, 5]) and bool(result.health.bias_dominated[0, 5])
     assert result.warnings and "bias-dominated" in result.warnings[0]
-    assert result.history[-1]["warning"] == result.warnings[0]
+    assert result.history[-1]["warning"].startswith(result.warnings[0])  # (then its FVE warning: it is broken)
     assert result.history[-1]["val_n_dense"] == 1 and result.history[-1]["n_dense"] >= 1
 
 
@@ -124,3 +124,21 @@ def test_health_statistics_match_a_naive_computation():
     metrics = evaluate_sae(sae, StateDataset.from_tensor(states), batch_size=64)
     assert metrics.n_dense == health.n_dense == int((fired.double().mean(0) > 0.5).sum())
     assert metrics.n_bias_dominated == health.n_bias_dominated
+
+
+def test_low_fve_and_short_budget_are_warned():
+    """A final FVE below 0.3 and a budget below 20 states per feature each give a TrainingQualityWarning, a line in
+    TrainResult.warnings and the last log record; a good run gives neither."""
+    from writelens.errors import TrainingQualityWarning
+
+    data = _shifted_states(0)
+    sae = BilinearSAE(d_k=8, d_v=8, n_features=480, k=4, seed=0)
+    cfg = TrainConfig(seed=0, **{**RECIPE, "steps": 2, "resample_every": None, "lr": 1e-6})
+    with pytest.warns(TrainingQualityWarning) as caught:
+        result = train_sae(sae, data, cfg)
+    text = " ".join(str(w.message) for w in caught if issubclass(w.category, TrainingQualityWarning))
+    assert "ends training at FVE" in text and "256 states (2 steps x 128) for 480 features" in text
+    assert sum("FVE" in line or "budget" in line for line in result.warnings) == 2
+    assert "budget" in result.history[-1]["warning"]
+    good, _ = _train(0)
+    assert good.final_val.fve > 0.3 and not good.warnings

@@ -21,13 +21,19 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from writelens.errors import CheckpointError, FeatureHealthWarning, NonFiniteError, SAEConfigError
+from writelens.errors import (
+    CheckpointError,
+    FeatureHealthWarning,
+    NonFiniteError,
+    SAEConfigError,
+    TrainingQualityWarning,
+)
 from writelens.sae.base import SAE
 from writelens.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from writelens.sae.data import StateDataset
@@ -278,6 +284,7 @@ class Trainer:
         health, problems = None, []
         if self.step == self.total_steps and self.rank == 0:
             health, problems = self._check_health(final_val)
+            problems += self._check_quality(final_val)
             if self.out_dir is not None:
                 save_sae(self.sae, self.out_dir / "final")
         if wandb is not None:
@@ -302,6 +309,31 @@ class Trainer:
         if self.history:
             self.history[-1]["warning"] = line
         return health, [line]
+
+    MIN_FVE: ClassVar[float] = 0.3  # below this the final FVE is warned about
+    MIN_STATES_PER_FEATURE: ClassVar[int] = 20  # a budget below this many training states per feature is warned about
+
+    def _check_quality(self, final_val: EvalMetrics | None) -> list[str]:
+        """Warnings (:class:`TrainingQualityWarning`) for a final FVE below :attr:`MIN_FVE` (validation, else the
+        last training record) and a budget below :attr:`MIN_STATES_PER_FEATURE` states per feature."""
+        lines = []
+        fve = final_val.fve if final_val is not None else (self.history[-1]["fve"] if self.history else None)
+        fve = None if fve is None else float(min(fve) if isinstance(fve, (list, tuple)) else fve)
+        if fve is not None and fve < self.MIN_FVE:
+            lines.append(f"the SAE ends training at FVE {fve:.3f} ({'validation' if final_val else 'training batch'}; "
+                         f"< {self.MIN_FVE}): it explains little of the states; train longer (steps), on more "
+                         "states, or with fewer features before running experiments on it.")
+        seen = self.total_steps * self.cfg.batch_size
+        n_features = self.sae.cfg.n_features
+        if seen < self.MIN_STATES_PER_FEATURE * n_features:
+            lines.append(f"the training budget is {seen:,} states ({self.total_steps} steps x {self.cfg.batch_size}) "
+                         f"for {n_features:,} features: {seen / n_features:.1f} per feature (< "
+                         f"{self.MIN_STATES_PER_FEATURE}); raise steps or lower n_features.")
+        for line in lines:
+            warnings.warn(line, TrainingQualityWarning, stacklevel=3)
+        if lines and self.history:
+            self.history[-1]["warning"] = " ".join(filter(None, [self.history[-1].get("warning"), *lines]))
+        return lines
 
     def _evaluate_and_keep_best(self, record: dict[str, Any] | None) -> EvalMetrics | None:
         if self.rank != 0:
