@@ -10,7 +10,8 @@ figures (HTML) and ``summary.json``.
                                                     # (also mamba2-mqar, rwkv7-mqar; docs "Known answers")
 
 Outputs in ``--out`` (default ``runs/main_job``): ``summary.json`` (headline numbers, options, seeds, step times),
-one JSON per experiment, ``report.html`` (every figure, standalone) and ``figures/*.html``.
+one JSON per experiment, ``report.html`` (every figure, standalone), ``figures/*.html`` and the trained SAE
+(``sae/final``); the extracted states and training checkpoints are removed at the end unless ``--keep-states``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared 2-core machine more threads only stall)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--keep-states", action="store_true",
+                        help="keep the extracted states (states/) and the SAE's training checkpoints; by default only "
+                             "what the report needs stays (summary, result JSONs, report.html, figures, the final SAE)")
     args = parser.parse_args(argv)
     if args.model in ORGANISMS:
         return organism_job(args)
@@ -330,8 +335,12 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
     }
     (out / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=1))
+    if not args.keep_states:  # the report needs none of these: extracted states, checkpoints, the best-val copy
+        for sub in (out / "states", out / "sae" / "checkpoints", out / "sae" / "best"):
+            shutil.rmtree(sub, ignore_errors=True)
     print("\n".join(summary["headline_lines"]))
-    print(f"wrote {out}/summary.json, report.html, figures/ in {summary['wall_seconds']}s")
+    print(f"wrote {out}/summary.json, report.html, figures/, sae/final in {summary['wall_seconds']}s"
+          + ("" if args.keep_states else " (states and checkpoints removed; --keep-states keeps them)"))
     return summary
 
 
