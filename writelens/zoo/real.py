@@ -8,7 +8,6 @@ them. (``wl.zoo.random_init`` / ``real_configs`` / ``real_config`` are these.)
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from writelens.errors import InputError, ZooModelNotFoundError
+from writelens.zoo.registry import import_attr
 
 __all__ = ["RealConfig", "real_configs", "real_config", "random_init"]
 
@@ -41,18 +41,11 @@ class RealConfig:
     sources: dict[str, str] = field(default_factory=dict)
     full_attention_interval: int | None = None
 
-    @staticmethod
-    def _resolve(path: str) -> Any:
+    def _resolve(self, path: str) -> Any:
+        """The class at ``path`` (``module.Class``); an ``ImportError`` naming the extra when rwkv7-hf is missing."""
         module, _, attr = path.rpartition(".")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except ImportError as err:
-            extra = " (pip install 'writelens[rwkv]')" if module.startswith("rwkv7_hf") else ""
-            raise ImportError(f"{path} needs the package {module.split('.')[0]!r}{extra}.") from err
-
-    def total_layers(self) -> int:
-        """The published depth."""
-        return int(self.build_config().num_hidden_layers)
+        extra = "rwkv" if module.startswith("rwkv7_hf") else None
+        return import_attr(module, attr, needed_by=f"real config {self.name!r}", extra=extra)
 
     def build_config(self, layers: int | None = None, overrides: dict[str, Any] | None = None) -> Any:
         """The config object of the real class: the published values, the first ``layers`` layers (same layer-type
@@ -98,7 +91,7 @@ def random_init(name: str, layers: int | None = None, seed: int = 0, dtype: torc
     ``mamba2-default`` ≈ 11 GB, so slice it)."""
     real = real_config(name)
     config = real.build_config(layers, overrides)
-    cls = RealConfig._resolve(real.model_class)
+    cls = real._resolve(real.model_class)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         previous = torch.get_default_dtype()

@@ -132,6 +132,18 @@ def _rwkv7_chunked() -> AbstractContextManager[None]:
     return chunked_recurrence()
 
 
+def import_attr(module: str, attr: str, *, needed_by: str, extra: str | None) -> Any:
+    """``module.attr``, imported now; an ``ImportError`` naming the writelens extra that installs ``module`` when it
+    is missing (``needed_by``: what asked for it, for the message)."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"{needed_by} needs the {module!r} package ({attr}); install it with `pip install 'writelens[{extra}]'`"
+        ) from e
+    return getattr(mod, attr)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """One shipped model: its name, a one-line description, its HF class name, its config builder and the
@@ -158,14 +170,7 @@ class ZooEntry:
 
     def model_cls(self) -> Any:
         """The model class. Raises ``ImportError`` naming the extra to install when its package is missing."""
-        try:
-            mod = importlib.import_module(self.module)
-        except ImportError as e:
-            raise ImportError(
-                f"zoo model {self.name!r} needs the {self.module!r} package ({self.model_class}); install it "
-                f"with `pip install 'writelens[{self.extra}]'`"
-            ) from e
-        return getattr(mod, self.model_class)
+        return import_attr(self.module, self.model_class, needed_by=f"zoo model {self.name!r}", extra=self.extra)
 
     def kernel(self) -> AbstractContextManager[None]:
         """:attr:`train_kernel` entered, or a no-op context."""
