@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 
 from writelens.zoo.gates import spread_gates
@@ -101,3 +102,18 @@ def rwkv7(seed: int = 0):
                       initializer_range=0.2)
     torch.manual_seed(seed)
     return spread_gates(RWKV7ForCausalLM(cfg).eval())
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b| / max |b| (in float32)."""
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for the module's tests (xdist runs two workers on two cores), restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+

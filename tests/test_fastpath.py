@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import ids, mamba2, qwen35, rwkv7
+from models import ids, mamba2, qwen35, rel, rwkv7
 
 import writelens as wl
 from writelens import errors
 from writelens.fastpath import NativePass
 
 TOL = 1e-5
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(family: str):

@@ -7,24 +7,14 @@ import importlib.util
 
 import pytest
 import torch
+from models import rel
 
 import writelens as wl
 from writelens import errors
 
 TOL = 1e-5
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HAS_RWKV7 = importlib.util.find_spec("rwkv7_hf") is not None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def rel(a, b) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.mark.parametrize("name", sorted(wl.zoo.real_configs()))

@@ -106,15 +106,28 @@ def _states(sae, batch=7, seed=5):
     return torch.randn(shape, dtype=torch.float64, generator=g)
 
 
+def _train_forward_both(sae, objective):
+    """Training-mode forward of two copies of ``sae`` on the same states: the fast path and the naive form."""
+    fast, naive = copy.deepcopy(sae).train(), copy.deepcopy(sae).train()
+    x1 = _states(sae).requires_grad_(True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    return fast, naive, x1, x2, fast(x1, objective), naive_forward(naive, x2, objective)
+
+
+def _assert_same_gradients(fast, naive, x1, x2, out, ref):
+    """The total losses' gradients agree, for the states and for every parameter."""
+    out.losses.total.backward()
+    ref.total.backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    for (name, p), q in zip(fast.named_parameters(), naive.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=f"gradient of {name}")
+
+
 @pytest.mark.parametrize("arch,act,heads", CASES)
 def test_training_forward_and_gradients_match_naive(arch, act, heads):
     sae = _make(arch, act, heads, center=(arch == "bilinear"))
     objective = Objective(lambda_aux=0.5, k_aux=5, dead_window=100, lambda_sparsity=0.1)
-    fast, naive = copy.deepcopy(sae).train(), copy.deepcopy(sae).train()
-    x1 = _states(sae).requires_grad_(True)
-    x2 = x1.detach().clone().requires_grad_(True)
-    out = fast(x1, objective)
-    ref = naive_forward(naive, x2, objective)
+    fast, naive, x1, x2, out, ref = _train_forward_both(sae, objective)
     if act != "jumprelu":  # (JumpReLU fires nearly every feature on these random states)
         assert float(ref.aux.detach().sum()) > 0  # the AuxK path is exercised
     torch.testing.assert_close(out.recon, naive._from_heads(torch.Size([7]), ref.recon))
@@ -122,11 +135,7 @@ def test_training_forward_and_gradients_match_naive(arch, act, heads):
     torch.testing.assert_close(out.losses.total, ref.total)
     torch.testing.assert_close(out.losses.aux.reshape(-1), ref.aux)
     torch.testing.assert_close(out.losses.sparsity.reshape(-1), ref.sparsity)
-    out.losses.total.backward()
-    ref.total.backward()
-    torch.testing.assert_close(x1.grad, x2.grad)
-    for (name, p), q in zip(fast.named_parameters(), naive.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, msg=f"gradient of {name}")
+    _assert_same_gradients(fast, naive, x1, x2, out, ref)
 
 
 @pytest.mark.parametrize("arch,act,heads", CASES)
@@ -164,15 +173,7 @@ def test_aux_with_fewer_dead_features_than_k_aux_matches_naive(arch, heads):
         flat[:, [2, 9]] = 500
         flat[-1, 17] = 500  # one head has a third dead feature
     objective = Objective(lambda_aux=0.5, k_aux=20, dead_window=100, lambda_sparsity=0.0)
-    fast, naive = copy.deepcopy(sae).train(), copy.deepcopy(sae).train()
-    x1 = _states(sae).requires_grad_(True)
-    x2 = x1.detach().clone().requires_grad_(True)
-    out = fast(x1, objective)
-    ref = naive_forward(naive, x2, objective)
+    fast, naive, x1, x2, out, ref = _train_forward_both(sae, objective)
     assert float(ref.aux.detach().sum()) > 0
     torch.testing.assert_close(out.losses.aux.reshape(-1), ref.aux)
-    out.losses.total.backward()
-    ref.total.backward()
-    torch.testing.assert_close(x1.grad, x2.grad)
-    for (name, p), q in zip(fast.named_parameters(), naive.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, msg=f"gradient of {name}")
+    _assert_same_gradients(fast, naive, x1, x2, out, ref)
