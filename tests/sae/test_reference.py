@@ -115,6 +115,22 @@ def test_tampered_file_fails_the_manifest_check(tmp_path):
     assert not isinstance(skipped.value, ChecksumError)
 
 
+@pytest.mark.parametrize("how", ["cell folder", "pt file", "from_pretrained cell"])
+def test_a_cell_inside_a_release_is_checked_against_the_release_manifest(tmp_path, how):
+    release = tmp_path / "release"
+    release.mkdir()
+    write_release(release, {"writesae_L9_H4": ("bilinear", reference_state("bilinear"), {})})
+    cell = release / "writesae_L9_H4"
+    load = {"cell folder": lambda: load_reference_sae(cell), "pt file": lambda: load_reference_sae(cell / "best.pt"),
+            "from_pretrained cell": lambda: SAE.from_pretrained(str(cell))}[how]
+    assert load().cfg.metadata["sha256"] == json.loads((release / "manifest.json").read_text())["writesae_L9_H4"]["sha256"]
+    data = bytearray((cell / "best.pt").read_bytes())
+    data[-200] ^= 0xFF
+    (cell / "best.pt").write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="altered or truncated"):
+        load()
+
+
 class NotATensor:
     pass
 

@@ -80,7 +80,7 @@ def from_pretrained(
     local = Path(repo_id_or_path)
     if local.exists():
         folder = local / subfolder if subfolder else local
-        root = local
+        root = local if subfolder else None  # a cell folder alone: the release manifest is looked for above it
     else:
         from huggingface_hub import snapshot_download
 

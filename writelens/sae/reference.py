@@ -49,6 +49,7 @@ from writelens.sae.registry import build_sae
 
 REFERENCE_REPO = "JackYoung27/writesae-ckpts"
 SUPPORTED_TYPES = ("bilinear", "bilinear_tied", "bilinear_jumprelu", "rank1", "flat")
+MANIFEST_LEVELS = 2  # a cell folder (or its .pt file) finds the release manifest this many folders up
 
 
 def sha256_of(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -238,12 +239,13 @@ def load_reference_sae(path_or_repo: str | os.PathLike = REFERENCE_REPO, *, subf
 
     ``path_or_repo`` is a ``.pt`` file, a cell folder (``.../writesae_L9_H4``; ``file`` picks best/final),
     a local copy of the release (with ``subfolder``), or a hub repo id (default the paper's) with
-    ``subfolder``. ``manifest.json`` is looked up next to the folder and up to ``root``; when found the file's
-    SHA256 must match (``verify=False`` skips the check)."""
+    ``subfolder``. ``manifest.json`` is looked up in the file's folder and upwards: up to ``root`` when given, else
+    up to :data:`MANIFEST_LEVELS` folders above the cell (so a cell folder or a ``.pt`` file inside a release is checked
+    against the release's manifest); when found the file's SHA256 must match (``verify=False`` skips the check)."""
     local = Path(path_or_repo)
     if local.exists():
         target = local if local.is_file() else (local / subfolder if subfolder else local) / file
-        root_path = Path(root) if root is not None else (local if local.is_dir() else local.parent)
+        root_path = Path(root) if root is not None else None
     else:
         if not subfolder:
             raise CheckpointError(f"{path_or_repo} is not a local path; for a hub repo pass subfolder= (e.g. 'writesae_L9_H4').")
@@ -263,17 +265,22 @@ def load_reference_sae(path_or_repo: str | os.PathLike = REFERENCE_REPO, *, subf
     if verify:
         manifest_path = Path(manifest) if manifest is not None else _find_manifest(target, root_path)
         if manifest_path is not None:
-            sha = verify_against_manifest(target, manifest_path, root_path)
+            sha = verify_against_manifest(target, manifest_path, root_path or manifest_path.parent)
     sae = convert_reference_state(_torch_load(target), d_k=d_k, d_v=d_v, source=str(target))
     sae.cfg.metadata.update({"file": f"{target.parent.name}/{target.name}", **({"sha256": sha} if sha else {})})
     return sae
 
 
-def _find_manifest(target: Path, root: Path) -> Path | None:
-    folder = target.parent
-    for candidate in [folder, *folder.parents]:
+def _find_manifest(target: Path, root: Path | None) -> Path | None:
+    """The nearest ``manifest.json`` from ``target``'s folder upwards: up to ``root`` when given, else the folder and
+    :data:`MANIFEST_LEVELS` folders above it (a release's manifest sits beside its cell folders)."""
+    folder = target.resolve().parent
+    candidates = [folder, *folder.parents]
+    if root is None:
+        candidates = candidates[: MANIFEST_LEVELS + 1]
+    for candidate in candidates:
         if (candidate / "manifest.json").is_file():
             return candidate / "manifest.json"
-        if candidate.resolve() == root.resolve():
+        if root is not None and candidate == root.resolve():
             break
     return None
