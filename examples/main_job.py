@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import writelens as wl
-from writelens import plot
+from writelens import plot, report
 from writelens.experiments import (
     AttributionOptions,
     InstallOptions,
@@ -277,20 +277,20 @@ def main(argv: list[str] | None = None) -> dict:
     card = feature_card(lens, sae, site, evals, sparse[0], scan=scan, progress=show)
     card.to_json(out / "feature_card.json")
 
-    # 3. figures and summary
-    figures = {"KL atom vs delete": plot.kl_scatter(rep), "KL atom vs random": plot.kl_scatter(rep, "random"),
-               "KL ratio densities": plot.kl_ratio_density(rep),
-               "KL atom vs delete (next token)": plot.kl_scatter(rep_next),
-               "Win rate": plot.win_rate_strip([rep]),
-               "Attribution (exact, direct path)": plot.attribution_scatter(att, "exact"),
-               "Attribution (linearised)": plot.attribution_scatter(att, "linearised"),
-               "Attribution (three-factor)": plot.attribution_scatter(att, "three_factor"),
-               "Install inclusion": plot.install_bars(ins), "Install dose": plot.install_dose(ins),
-               f"Feature {card.feature}": plot.feature_card(card)}
-    for name, fig in figures.items():
-        stem = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        plot.save_html(fig, out / "figures" / f"{stem}.html", plotlyjs="directory")
-    plot.save_report(figures, out / "report.html", title=f"writelens main job — L{cfg.layer}H{cfg.head}")
+    # 3. figures and summary: report.html reads on its own (summary table, a paragraph above every figure)
+    headlines = headline_rows(rep, rep_next, rep_pop, att, ins)
+    sections = [report.scatter_section(rep), report.scatter_section(rep, "random"), report.ratio_section(rep),
+                report.floor_section(rep), report.scatter_section(rep_next, title="KL atom vs delete (next token)"),
+                report.win_rate_section([rep]), *(report.attribution_section(att, p) for p in
+                                                  ("exact", "linearised", "three_factor")),
+                report.install_section(ins), report.dose_section(ins), report.feature_section(card)]
+    for sec in sections:
+        stem = re.sub(r"[^a-z0-9]+", "_", sec.title.lower()).strip("_")
+        plot.save_html(sec.figure, out / "figures" / f"{stem}.html", plotlyjs="directory")
+    report.save_report(sections, out / "report.html", title=f"writelens main job — L{cfg.layer}H{cfg.head}",
+                       headlines=headlines, intro=f"{description}; SAE: BilinearSAE, {cfg.n_features} features, "
+                       f"k = {cfg.k}, rank {rank}, {trained.steps} steps on {len(data)} states of L{cfg.layer}H{cfg.head}"
+                       f"; experiments on {cfg.n_eval} held-out passages of {cfg.eval_len} tokens.")
     step("figures")
     stratum = next((c for c in ins.cells if c.stratum == "100-1000" and c.magnitude == 3.0), None)
     summary = {
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
             "population_n_ties": rep_pop.floor.n_ties,
             "r2_linearised_at_eps_0.1": att.stats_linearised.r2_by_epsilon.get("0.1"),
         },
-        "headline_lines": headline_lines(cfg, rep, rep_next, rep_pop, att, stratum),
+        "headline_lines": [h.line() for h in headlines],
         "step_seconds": times, "wall_seconds": round(time.perf_counter() - started, 1),
         "torch_threads": torch.get_num_threads(),
     }
@@ -344,33 +344,14 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def headline_lines(cfg: MainJobConfig, rep, rep_next, rep_pop, att, stratum) -> list[str]:
+def headline_rows(rep, rep_next, rep_pop, att, ins) -> list[report.Headline]:
     """Each headline figure with its condition (site, scale mode, KL position, n, interval, ties, epsilon)."""
-    site = f"L{rep.layer}H{rep.head}"
-
-    def replacement(name: str, r, what: str) -> str:
-        o, st = r.options, r.stats
-        return (f"{name}: {st.win_rate.estimate:.3f} [{st.win_rate.lo:.3f}, {st.win_rate.hi:.3f}] 95% Wilson CI "
-                f"({what}; site {site}, scale {o.scale}, KL at {o.kl_position}, timing {o.timing}, n = "
-                f"{st.n_firings} firings, {r.floor.n_ties} ties below {o.floor_multiple:g}x the null-edit floor "
-                "left out)")
-
-    pop = rep_pop.stats.population
-    eps = att.stats_linearised.r2_by_epsilon
-    lines = [replacement("replacement win rate", rep, "atom beats delete, one firing per (passage, position)"),
-             replacement("next-token win rate", rep_next, "atom beats delete"),
-             f"population win rate: {pop.mean:.3f} [{pop.lo:.3f}, {pop.hi:.3f}] 95% t interval over atoms "
-             f"(site {site}, {pop.n_atoms} atoms with >= {pop.min_firings} firings, "
-             f"{pop.n_firings} firings, {rep_pop.floor.n_ties} ties left out)",
-             f"attribution R^2 (linearised direct path): {eps.get('0.1', float('nan')):.3f} at eps = 0.1 x write norm; by eps "
-             + ", ".join(f"{float(e):g}: {v:.3f}" for e, v in sorted(eps.items(), key=lambda kv: float(kv[0])))
-             + f" (site {site}, {len(eps)} eps x {cfg.n_attr_atoms} atoms x "
-               f"{cfg.n_attr_passages} passages; R^2 pooled over every eps: {att.stats_linearised.r2:.3f})"]
-    if stratum is not None:
-        lines.append(f"install, target rank 100-1000, magnitude 3: inclusion {stratum.inclusion_native.estimate:.3f} "
-                     f"native -> {stratum.inclusion_edited.estimate:.3f} edited (site {site}, "
-                     f"n = {stratum.n_trials} trials)")
-    return lines
+    rows = [report.replacement_headline("replacement win rate", rep,
+                                        "atom beats delete, one firing per (passage, position)"),
+            report.replacement_headline("next-token win rate", rep_next, "atom beats delete"),
+            report.population_headline(rep_pop), report.attribution_headline(att, "linearised", at=0.1)]
+    install = report.install_headline(ins, "100-1000", 3.0)
+    return rows + ([install] if install is not None else [])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Plots of the experiments' results (plotly). Every function returns a ``plotly.graph_objects.Figure``;
-:func:`save_html` writes one as a standalone HTML file (plotly.js embedded, works offline), :func:`save_report` writes
-several into one page.
+:func:`save_html` writes one as a standalone HTML file (plotly.js embedded, works offline);
+:func:`writelens.report.save_report` writes several into one page, each with its text.
 
 ==============================  ======================================================================================
 ``kl_scatter``                  KL_atom vs KL_delete (or random / flat_svd) per firing, log-log, with y = x
@@ -19,7 +19,7 @@ several into one page.
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 __all__ = ["kl_scatter", "kl_ratio_density", "kl_histogram", "erasure_histogram", "win_rate_strip", "attribution_scatter", "install_bars", "install_dose",
-           "feature_card", "save_html", "save_report"]
+           "feature_card", "save_html"]
 
 _COLORS = {"delete": "#d62728", "random": "#7f7f7f", "flat_svd": "#9467bd", "atom": "#1f77b4", "null": "#2ca02c",
            "tie": "#bcbd22"}
@@ -100,7 +100,8 @@ def kl_scatter(result, against: str = "delete") -> go.Figure:
     rate = float(win.sum() / decided) if decided else float("nan")
     fig.update_layout(
         title=f"L{result.layer}H{result.head}: KL atom vs {against} (n={len(x)}{floor_text}, "
-              f"atom < {against}: {rate:.1%})",
+              f"atom < {against}: {rate:.1%})<br><sup>scale {result.options.scale}, KL at "
+              f"{result.options.kl_position}, timing {result.options.timing}</sup>",
         xaxis=dict(type="log", title="KL(native ‖ atom)"), yaxis=dict(type="log", title=f"KL(native ‖ {against})"),
         template="plotly_white")
     return fig
@@ -285,17 +286,4 @@ def save_html(fig: go.Figure, path: str | Path, plotlyjs: bool | str = True) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(path), include_plotlyjs=plotlyjs, full_html=True)
-    return path
-
-
-def save_report(figures: Mapping[str, go.Figure], path: str | Path, title: str = "writelens report") -> Path:
-    """Several figures on one standalone HTML page (plotly.js embedded once), each under its name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = []
-    for i, (name, fig) in enumerate(figures.items()):
-        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0))
-        body.append(f"<h2>{html.escape(name)}</h2>\n{div}")
-    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-                    f"<body><h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "</body></html>", encoding="utf-8")
     return path

@@ -38,7 +38,7 @@ def test_main_job_quick_random(tmp_path, model):
         assert (tmp_path / f"{name}.json").is_file()
     assert ReplacementResult.from_json(tmp_path / "replacement.json").stats.n_firings == 40
     assert (tmp_path / "report.html").stat().st_size > 1_000_000
-    assert len(list((tmp_path / "figures").glob("*.html"))) == 11
+    assert len(list((tmp_path / "figures").glob("*.html"))) == 12
     # only what the report needs stays (no --keep-states): no states, no checkpoints; the final SAE loads
     assert not (tmp_path / "states").exists() and not (tmp_path / "sae" / "checkpoints").exists()
     assert wl.sae.load_sae(tmp_path / "sae" / "final").cfg.n_features == 64

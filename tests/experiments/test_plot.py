@@ -1,13 +1,19 @@
-"""Plots build from real (tiny) results, feature cards hold what they promise, HTML is standalone."""
+"""Plots build from real (tiny) results, feature cards hold what they promise, HTML is standalone; the report reads
+on its own (summary table, a text above every figure) and draws in a real headless browser."""
 
 from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
 
 import plotly.graph_objects as go
 import pytest
 import torch
 from models import word_tokenizer
 
-from writelens import plot
+from writelens import plot, report
 from writelens.experiments.features import FeatureCard, feature_card
 from writelens.experiments.install import InstallOptions, install_steering
 from writelens.experiments.logit_attribution import AttributionOptions, attribution
@@ -46,8 +52,8 @@ def test_figures(results, tmp_path):
     path = plot.save_html(figs["scatter"], tmp_path / "a" / "scatter.html")
     text = path.read_text()
     assert "<html>" in text and len(text) > 1_000_000 and "<script src=" not in text  # plotly.js embedded
-    report = plot.save_report(figs, tmp_path / "report.html")
-    assert report.read_text().count("<h2>") == len(figs)
+    page = report.save_report(figs, tmp_path / "report.html")  # a bare {title: figure} mapping still works
+    assert page.read_text().count("<h2>") == len(figs)
 
 
 def test_feature_card():
@@ -66,3 +72,65 @@ def test_feature_card():
     assert isinstance(fig, go.Figure) and "[" in fig.data[0].cells.values[2][0]
     with torch.no_grad():
         assert 0 <= card.firing_rate <= 1
+
+
+def _sections(results):
+    rep, rep2, att, ins = results
+    return [report.scatter_section(rep), report.scatter_section(rep, "random"), report.ratio_section(rep),
+            report.floor_section(rep), report.win_rate_section([rep, rep2]),
+            *(report.attribution_section(att, p) for p in ("exact", "linearised", "three_factor")),
+            report.install_section(ins), report.dose_section(ins)]
+
+
+def test_report_reads_on_its_own(results, tmp_path):
+    rep, rep2, att, ins = results
+    heads = [report.replacement_headline("replacement win rate", rep, "atom beats delete"),
+             report.population_headline(rep), report.attribution_headline(att, "linearised", at=1.0),
+             report.install_headline(ins, "1-10", 3.0)]
+    w = rep.stats.win_rate
+    assert heads[0].line() == (f"replacement win rate: {w.estimate:.3f} [{w.lo:.3f}, {w.hi:.3f}] 95% Wilson CI "
+                               f"(atom beats delete; site L1H0, scale coefficient, KL at last, timing with_read, "
+                               f"n = 20 firings, {rep.floor.n_ties} ties below 10x the null-edit floor left out)")
+    lin = att.stats_linearised.r2_by_epsilon
+    assert heads[2].value.startswith(f"{lin['1.0' if '1.0' in lin else '1']:.3f} at eps = 1;") and "by eps 0.1: " in heads[2].value
+    assert report.install_headline(ins, "100-1000", 3.0) is None  # a cell the run does not have
+    sections = _sections(results)
+    for sec in sections:
+        assert sec.plotted and sec.read and sec.predicts and sec.found and isinstance(sec.figure, go.Figure)
+    assert f"{w.estimate:.1%} of the {w.n} decided firings" in sections[0].found  # computed from the result
+    assert f"R² {att.stats_exact.r2:.3f} pooled" in sections[5].found
+    page = report.save_report(sections, tmp_path / "report.html", title="t", headlines=heads, intro="tiny run")
+    text = page.read_text()
+    assert text.count("<section>") == len(sections) and text.count("<tr><td>") == len(heads)
+    assert text.count("This run</dt>") == len(sections) and "tiny run" in text
+    assert len(re.findall(r"plotly\.js v\d", text)) == 1  # plotly.js embedded once, for every figure
+
+
+def _browser() -> str | None:
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+# records console.error calls and uncaught errors on <html data-wl-errors>, which --dump-dom then shows
+_LISTEN = ("<script>window.__wl=[];function __wlr(m){__wl.push(String(m));document.documentElement.setAttribute("
+           "'data-wl-errors',JSON.stringify(__wl))}window.addEventListener('error',e=>__wlr(e.message));"
+           "const __ce=console.error;console.error=(...a)=>{__wlr(a.join(' '));__ce(...a)};</script>")
+
+
+@pytest.mark.skipif(_browser() is None, reason="no Chromium (Debian: apt-get install chromium)")
+def test_report_draws_in_a_headless_browser(results, tmp_path):
+    sections = _sections(results)
+    page = report.save_report(sections, tmp_path / "report.html", headlines=[
+        report.replacement_headline("replacement win rate", results[0], "atom beats delete")])
+    probe = tmp_path / "probe.html"  # the page itself, with the error listener first in <head>
+    probe.write_text(page.read_text().replace("<head>", "<head>" + _LISTEN, 1), encoding="utf-8")
+    done = subprocess.run([_browser(), "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+                           probe.as_uri()], capture_output=True, text=True, timeout=180)
+    dom = done.stdout
+    assert "<body" in dom, done.stderr[-2000:]
+    errors = re.search(r'data-wl-errors="([^"]*)"', dom)
+    assert errors is None or json.loads(errors.group(1).replace("&quot;", '"')) == []
+    for i in range(len(sections)):  # plotly marks a div it drew js-plotly-plot and fills it with its SVG layers
+        div = re.search(rf'<div[^>]*id="figure-{i}"[^>]*>', dom)
+        assert div is not None and "js-plotly-plot" in div.group(0), f"figure {i} ({sections[i].title}) not drawn"
+    assert dom.count('class="main-svg"') >= len(sections)

@@ -120,15 +120,16 @@ def _parse_atoms(value: Any) -> Any:
         value)
 
 
-def _outputs(out: Path, result: Any, figures: dict[str, Any], figure_name: str, title: str) -> list[str]:
-    """Write result.json and the figure page; the names of the files written."""
-    from writelens import plot
+def _outputs(out: Path, result: Any, sections: list[Any], figure_name: str, title: str,
+             headlines: list[Any] = ()) -> list[str]:
+    """Write result.json and the report page (sections with their text); the names of the files written."""
+    from writelens import report
 
     out.mkdir(parents=True, exist_ok=True)
     result.to_json(out / "result.json")
     files = ["result.json"]
-    if figures:
-        plot.save_report(figures, out / figure_name, title=title)
+    if sections:
+        report.save_report(sections, out / figure_name, title=title, headlines=headlines)
         files.append(figure_name)
     return files + ["summary.json"]
 
@@ -158,7 +159,7 @@ def _replace_test(
                                                  "(sets --baseline flat_svd)"),
     options: dict[str, Any] | None = None,
 ) -> None:
-    from writelens import plot
+    from writelens import report
     from writelens.experiments.replacement import ReplacementOptions, replacement_test
 
     started = time.perf_counter()
@@ -177,21 +178,21 @@ def _replace_test(
     _note(opts.progress, f"replace-test: {ids.shape[0]} passages x {ids.shape[1]} tokens at "
                          f"L{the_site.layer}H{the_site.head}")
     result = replacement_test(lens, the_sae, (the_site.layer, the_site.head), ids, opts, flat_sae=flat)
-    figures: dict[str, Any] = {}
+    sections: list[Any] = []
+    headlines: list[Any] = []
     if result.stats.n_firings:
-        figures = {"atom vs delete": plot.kl_scatter(result, "delete"),
-                   "atom vs random": plot.kl_scatter(result, "random")}
+        headlines = [report.replacement_headline("replacement win rate", result, "atom beats delete")]
+        sections = [report.scatter_section(result, "delete"), report.scatter_section(result, "random")]
         if result.kl_flat_svd:
-            figures["atom vs flat_svd"] = plot.kl_scatter(result, "flat_svd")
-        figures["KL ratios"] = plot.kl_ratio_density(result)
-        figures["KL per condition and noise floor"] = plot.kl_histogram(result)
+            sections.append(report.scatter_section(result, "flat_svd"))
+        sections += [report.ratio_section(result), report.floor_section(result)]
         if result.floor is not None and result.floor.warning:
             typer.echo(f"warning: {result.floor.warning}", err=True)
     else:
         typer.echo("warning: no firings (no feature of the SAE is active at the chosen positions); no figure.",
                    err=True)
-    files = _outputs(out, result, figures, "kl_scatter.html",
-                     f"replacement test L{the_site.layer}H{the_site.head} ({model})")
+    files = _outputs(out, result, sections, "kl_scatter.html",
+                     f"replacement test L{the_site.layer}H{the_site.head} ({model})", headlines)
     _summary(out, {"command": "replace-test", "model": model, "sae": str(sae), "flat_sae": flat_sae and str(flat_sae),
                    "corpus": corpus, "passages": list(ids.shape)}, result, files, started)
 
@@ -219,7 +220,7 @@ def _attribute(
                                     help="tokens per passage (at least min_t0 + max(horizons) + 1)"),
     options: dict[str, Any] | None = None,
 ) -> None:
-    from writelens import plot
+    from writelens import report
     from writelens.experiments.logit_attribution import AttributionOptions, attribution
 
     started = time.perf_counter()
@@ -255,9 +256,10 @@ def _attribute(
     _note(opts.progress, f"attribute: atoms {chosen}, ε {list(epsilons)}, {ids.shape[0]} passages x "
                          f"{ids.shape[1]} tokens at L{the_site.layer}H{the_site.head}")
     result = attribution(lens, the_sae, (the_site.layer, the_site.head), ids, chosen, list(epsilons), opts)
-    figures = {name: plot.attribution_scatter(result, name) for name in ("exact", "linearised", "three_factor")}
-    files = _outputs(out, result, figures, "attribution_scatter.html",
-                     f"logit attribution L{the_site.layer}H{the_site.head} ({model})")
+    predictors = ("exact", "linearised", "three_factor")
+    files = _outputs(out, result, [report.attribution_section(result, p) for p in predictors],
+                     "attribution_scatter.html", f"logit attribution L{the_site.layer}H{the_site.head} ({model})",
+                     [report.attribution_headline(result, p) for p in predictors])
     _summary(out, {"command": "attribute", "model": model, "sae": str(sae), "corpus": corpus,
                    "passages": list(ids.shape), "atoms": chosen, "epsilons": list(epsilons)}, result, files, started)
 
@@ -301,7 +303,7 @@ def _steer(
                                                "words); default: drawn per prompt from --strata"),
     options: dict[str, Any] | None = None,
 ) -> None:
-    from writelens import plot
+    from writelens import report
     from writelens.experiments.install import InstallOptions, install_steering
 
     started = time.perf_counter()
@@ -319,13 +321,15 @@ def _steer(
     _note(opts.progress, f"steer: {ids.shape[0]} prompts x {ids.shape[1]} tokens at L{the_site.layer}H{the_site.head}"
                          f", magnitudes {list(opts.magnitudes)}")
     result = install_steering(lens, (the_site.layer, the_site.head), ids, targets=given, options=opts)
-    figures: dict[str, Any] = {}
+    sections: list[Any] = []
     if result.cells:
-        figures = {f"inclusion at m = {m:g}": plot.install_bars(result, m) for m in opts.magnitudes}
+        sections = [report.install_section(result, m) for m in opts.magnitudes]
         if len(opts.magnitudes) > 1:
-            figures["dose sweep"] = plot.install_dose(result)
-    files = _outputs(out, result, figures, "install.html",
-                     f"install steering L{the_site.layer}H{the_site.head} ({model})")
+            sections.append(report.dose_section(result))
+    headlines = [h for c in dict.fromkeys((c.stratum, c.magnitude) for c in result.cells)
+                 if (h := report.install_headline(result, *c)) is not None]
+    files = _outputs(out, result, sections, "install.html",
+                     f"install steering L{the_site.layer}H{the_site.head} ({model})", headlines)
     _summary(out, {"command": "steer", "model": model, "prompts_from": prompts_from, "prompts": list(ids.shape),
                    "targets": given}, result, files, started)
 
