@@ -77,6 +77,9 @@ def replacement_headline(name: str, r, what: str) -> Headline:
 def population_headline(r) -> Headline:
     """The per-atom population mean win rate of a replacement result run with ``cap_per_atom``."""
     pop = r.stats.population
+    if not pop.n_atoms:
+        return Headline("population win rate", "not measured", "", f"site {_site(r)}: no atom fired at least "
+                        f"{pop.min_firings} times in this run ({r.stats.n_firings} firings)")
     return Headline("population win rate", f"{pop.mean:.3f}", f"[{pop.lo:.3f}, {pop.hi:.3f}] 95% t interval over atoms",
                     f"site {_site(r)}, {pop.n_atoms} atoms with >= {pop.min_firings} firings, {pop.n_firings} firings, "
                     f"{r.floor.n_ties if r.floor else 0} ties left out")
@@ -263,8 +266,9 @@ def _table(headlines: Sequence[Headline]) -> str:
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
           "table.summary{border-collapse:collapse;font-size:0.9em}table.summary td,table.summary th{border:1px solid "
-          "#ccc;padding:4px 8px;text-align:left;vertical-align:top}dl{margin:0.5em 0}dt{font-weight:600;float:left;"
-          "width:9em;clear:left}dd{margin-left:9.5em;margin-bottom:0.3em}section{margin-top:2.5em}")
+          "#ccc;padding:4px 8px;text-align:left;vertical-align:top}dl{margin:0.5em 0;display:grid;"
+          "grid-template-columns:9em 1fr;column-gap:0.8em;row-gap:0.3em}dt{font-weight:600}dd{margin:0}"
+          "section{margin-top:2.5em}")
 
 
 def save_report(sections: Sequence[Section] | Mapping[str, go.Figure], path: str | Path,

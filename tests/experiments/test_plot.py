@@ -94,6 +94,8 @@ def test_report_reads_on_its_own(results, tmp_path):
     lin = att.stats_linearised.r2_by_epsilon
     assert heads[2].value.startswith(f"{lin['1.0' if '1.0' in lin else '1']:.3f} at eps = 1;") and "by eps 0.1: " in heads[2].value
     assert report.install_headline(ins, "100-1000", 3.0) is None  # a cell the run does not have
+    if not rep.stats.population.n_atoms:  # no NaN in the table: a population that is not there says so
+        assert heads[1].value == "not measured" and "no atom fired at least" in heads[1].condition
     sections = _sections(results)
     for sec in sections:
         assert sec.plotted and sec.read and sec.predicts and sec.found and isinstance(sec.figure, go.Figure)
