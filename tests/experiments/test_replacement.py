@@ -149,3 +149,33 @@ def test_rank2_atoms_at_matched_norm():
         pos = kl_positions(t, ids.shape[1], "last")
         assert res.kl_atom[i] == pytest.approx(float(kl_from_logits(native[p, pos], edited[pos]).mean()), rel=1e-4,
                                                abs=1e-9)
+
+
+@pytest.mark.parametrize("control", ["gaussian", "alive_atom"])
+def test_reuse_takes_a_firings_kls_from_an_earlier_result(control):
+    """A population run after a pooled run reruns only the firings it lacks; the KLs are what a rerun gives (each
+    firing's random control is seeded by the firing, not by its index in the selection)."""
+    ids = passages(3, 24)
+    pooled = ReplacementOptions(max_firings=12, progress=False, n_bootstrap=50, random_control=control)
+    population = ReplacementOptions(max_firings=None, cap_per_atom=4, progress=False, n_bootstrap=50,
+                                    random_control=control)
+    first = replacement_test(lens(), sae(), (LAYER, HEAD), ids, pooled)
+    fresh = replacement_test(lens(), sae(), (LAYER, HEAD), ids, population)
+    again = replacement_test(lens(), sae(), (LAYER, HEAD), ids, population, reuse=first)
+    held = set(zip(first.passage, first.position, strict=True))
+    shared = [i for i, pt in enumerate(zip(fresh.passage, fresh.position, strict=True)) if pt in held]
+    assert again.n_reused == len(shared) > 0 and len(shared) < fresh.stats.n_firings  # some reused, some rerun
+    assert (again.passage, again.position, again.atom) == (fresh.passage, fresh.position, fresh.atom)
+    assert again.random_seed == fresh.random_seed and again.random_atom == fresh.random_atom
+    for name in ("kl_atom", "kl_delete", "kl_random", "kl_null"):
+        assert getattr(again, name) == pytest.approx(getattr(fresh, name), rel=1e-4, abs=1e-12)
+    assert any("taken from an earlier result" in n for n in again.notes)
+    # a result measured differently is refused, with what differs named
+    with pytest.raises(wl.errors.ExperimentError, match="kl_position"):
+        replacement_test(lens(), sae(), (LAYER, HEAD), ids, ReplacementOptions(
+            max_firings=5, kl_position="next", progress=False, random_control=control), reuse=first)
+    with pytest.raises(wl.errors.ExperimentError, match="passages or SAE"):
+        replacement_test(lens(), sae(), (LAYER, HEAD), passages(3, 24, seed=5), population, reuse=first)
+    loaded = ReplacementResult.from_json(first.to_json())  # the fingerprint survives JSON: reuse of a saved run
+    assert loaded.fingerprint == first.fingerprint
+    assert replacement_test(lens(), sae(), (LAYER, HEAD), ids, population, reuse=loaded).n_reused == len(shared)

@@ -42,6 +42,7 @@ from writelens.experiments.common import (
 )
 from writelens.experiments.floor import TIE_RULE, NoiseFloor, below_floor, noise_floor, null_edits
 from writelens.experiments.options import ReplacementOptions
+from writelens.sae.files import tensors_sha256
 
 __all__ = ["ReplacementOptions", "ReplacementStats", "ReplacementResult", "MedianSE", "replacement_test",
            "replacement_stats"]
@@ -123,6 +124,10 @@ class ReplacementResult(ExperimentResult):
     floor: NoiseFloor | None = None
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: SHA256 of the passages and of the SAE's weights (what ``reuse=`` checks before taking a firing's KLs)
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    #: firings whose KLs were taken from ``reuse=`` (not rerun)
+    n_reused: int = 0
 
     def summary(self) -> dict[str, Any]:
         s = self.stats
@@ -253,13 +258,20 @@ def _atom_edit(layer, head, t, atoms, row, scale, timing, native_norm: float):
 
 @torch.no_grad()
 def replacement_test(lens, sae, site, passages, options: ReplacementOptions | None = None, *,
-                     flat_sae=None) -> ReplacementResult:
+                     flat_sae=None, reuse: ReplacementResult | None = None) -> ReplacementResult:
     """Run the replacement test at ``site`` ((layer, head) or a ``Site``) on ``passages`` (token ids [N, T]).
 
     Args:
         lens: a :class:`writelens.WriteLens`.
         sae: a matrix SAE of that site (BilinearSAE/MatrixSAE; a stacked SAE is reduced to the head).
         flat_sae: a FlatSAE of the same site for ``baseline='flat_svd'``.
+        reuse: an earlier result of the same site, SAE and passages with the same measurement options (scale,
+            KL position and direction, timing, controls, null edit, seed): a firing it holds (same passage,
+            position, atom and coefficient) takes its KLs instead of being rerun. A firing's KLs depend on the
+            firing alone (its random control is seeded by (seed, passage, position)), so this is the result a
+            rerun gives, up to float rounding of the batch it ran in. Another selection (``max_firings``,
+            ``cap_per_atom``, ``features``, …) may differ: a per-atom population after a pooled run reruns only
+            the firings the pooled run did not hold.
     Returns:
         :class:`ReplacementResult` (per-firing KL triples, statistics, options and seeds).
     """
@@ -275,27 +287,35 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
     scan = scan_site(lens, sae, (layer, head), ids, min_position=options.min_position, batch_size=options.scan_batch,
                      keep_logits=1 if options.kl_position == "last" else True,
                      flat_sae=flat_sae if options.baseline == "flat_svd" else None, show=options.progress)
+    fingerprint = {"passages_sha256": tensors_sha256({"ids": ids}),
+                   "sae_sha256": tensors_sha256({k: v.detach() for k, v in sae.state_dict().items()})}
+    prior = _reusable(reuse, options, layer, head, length, fingerprint)
     firings = _select_firings(scan, options, length)
     atom_ids = sorted({f[3] for f in firings})
     atoms = sae.atoms(atom_ids) if atom_ids else None
     row_of = {a: i for i, a in enumerate(atom_ids)}
     atom_norm = atoms.matrix().flatten(1).norm(dim=-1) if atoms is not None else None
     alive = torch.unique(scan.indices[scan.values > 0]).tolist()
-    rng = np.random.default_rng(options.seed + 7)
     conditions = ["atom", "delete", "random"] + (["flat_svd"] if options.baseline == "flat_svd" else []) + ["null"]
     wk, wv, wb = scan.write
-    rows, meta = [], []
+    rows, meta, reused = [], [], {}
     for i, (p, t, _feature, atom, coef) in enumerate(firings):
         timing = options.timing
         scale = coef * float(atom_norm[row_of[atom]]) if options.scale == "coefficient" else None
-        seed = int(options.seed) * 1_000_003 + i
+        seed = int(options.seed) * 1_000_003 + p * length + t  # the firing's own: the same whichever firings run
         random_atom = -1
         native = float(scan.write_norm[p, t])
+        old = prior.get((p, t, atom, coef))
+        if old is not None:
+            reused[i] = old[0]
+            meta.append((scale if scale is not None else native, native, seed, old[1]))
+            continue
         rows.append((p, _atom_edit(layer, head, t, atoms, row_of[atom], scale, timing, native)))
         rows.append((p, [Delete(layer, head, t, timing=timing)]))
         if options.random_control == "alive_atom":
             active = set(scan.indices[p, t][scan.values[p, t] > 0].tolist())
             pool = [a for a in alive if a not in active] or [a for a in range(sae.cfg.n_features) if a not in active]
+            rng = np.random.default_rng([int(options.seed) + 7, p, t])
             random_atom = int(pool[int(rng.integers(len(pool)))])
             ra = sae.atoms([random_atom])
             rows.append((p, _atom_edit(layer, head, t, ra, 0, scale, timing, native)))
@@ -310,16 +330,19 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
     tail = 1 if options.kl_position == "last" else None  # the unembedding then runs at the last position only
     span = 2 if options.kl_position == "next" else None  # the forward stops after the first affected position
 
+    fresh = [i for i in range(len(firings)) if i not in reused]
+
     def reduce(r: int, logits):
-        p, t = rows[r][0], firings[r // len(conditions)][1]
+        p, t = rows[r][0], firings[fresh[r // len(conditions)]][1]
         pos = kl_positions(t, length, options.kl_position, options.timing)
         mine = [q - (length - logits.shape[0]) for q in pos] if tail else pos
         ref = [q - (length - scan.logits.shape[1]) for q in pos]  # (the scan kept the last position only for "last")
         return float(kl_from_logits(scan.logits[p, ref], logits[mine].float(), options.kl_direction).mean())
 
     kls = run_rows(lens, ids, rows, reduce, batch_rows=options.batch_rows, desc="replacement", show=options.progress,
-                   tail=tail, span=span)
-    by_cond = {c: kls[k :: len(conditions)] for k, c in enumerate(conditions)}
+                   tail=tail, span=span) if rows else []
+    new = {c: iter(kls[k :: len(conditions)]) for k, c in enumerate(conditions)}
+    by_cond = {c: [reused[i][c] if i in reused else next(new[c]) for i in range(len(firings))] for c in conditions}
     feats = [f[2] for f in firings]
     psg = [f[0] for f in firings]
     unreach = unreachable([f[1] for f in firings], length, options.kl_position, options.timing)
@@ -342,7 +365,37 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
         kl_atom=by_cond["atom"], kl_delete=by_cond["delete"], kl_random=by_cond["random"],
         kl_flat_svd=by_cond.get("flat_svd"), stats=stats, kl_null=by_cond["null"], floor=floor,
         elapsed_s=time.perf_counter() - started,
+        fingerprint=fingerprint, n_reused=len(reused),
         notes=["KL in float64 log-softmax; one firing per (passage, position); random atoms seeded per firing as "
-               "seed*1000003+i", f"noise floor: {options.null_edit} null edit at every firing; {TIE_RULE}"]
-        + ([floor.warning] if floor.warning else []),
+               "seed*1000003 + passage*T + position", f"noise floor: {options.null_edit} null edit at every firing; {TIE_RULE}"]
+        + ([floor.warning] if floor.warning else [])
+        + ([f"{len(reused)} of {len(firings)} firings' KLs taken from an earlier result (reuse=)"] if reused else []),
     )
+
+
+#: the options a firing's KLs depend on (``reuse=`` needs them equal); the rest only choose the firings
+_MEASUREMENT = ("scale", "kl_position", "kl_direction", "timing", "random_control", "baseline", "null_edit", "seed")
+
+
+def _reusable(reuse: ReplacementResult | None, options: ReplacementOptions, layer: int, head: int, length: int,
+              fingerprint: dict[str, str]) -> dict[tuple[int, int, int, float], tuple[dict[str, float], int]]:
+    """(passage, position, atom, coefficient) → (KL per condition, random atom) of ``reuse``'s firings, after
+    checking that they measure the same thing."""
+    if reuse is None:
+        return {}
+    if not isinstance(reuse, ReplacementResult):
+        raise ExperimentError(f"reuse= takes a ReplacementResult, got {type(reuse).__name__}.")
+    differ = [k for k in _MEASUREMENT if getattr(reuse.options, k) != getattr(options, k)]
+    if (reuse.layer, reuse.head) != (layer, head):
+        differ.append(f"site (L{reuse.layer}H{reuse.head} vs L{layer}H{head})")
+    if reuse.passage_length != length or reuse.fingerprint != fingerprint:
+        differ.append("passages or SAE (their SHA256 differ)" if reuse.fingerprint else
+                      "fingerprint (the earlier result records none: it was made before reuse= existed)")
+    if differ:
+        raise ExperimentError(f"reuse= holds a result measured differently ({', '.join(differ)}); rerun without "
+                              "reuse= or pass a result of the same site, SAE, passages and measurement options.")
+    kls = {"atom": reuse.kl_atom, "delete": reuse.kl_delete, "random": reuse.kl_random, "null": reuse.kl_null}
+    if reuse.kl_flat_svd is not None:
+        kls["flat_svd"] = reuse.kl_flat_svd
+    return {(p, t, a, c): ({k: v[i] for k, v in kls.items()}, reuse.random_atom[i]) for i, (p, t, a, c) in
+            enumerate(zip(reuse.passage, reuse.position, reuse.atom, reuse.coefficient, strict=True))}
