@@ -37,6 +37,7 @@ from writelens.experiments import (
 )
 from writelens.experiments.base import to_jsonable
 from writelens.experiments.common import scan_site
+from writelens.experiments.floor import below_floor
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "figures"
@@ -115,28 +116,46 @@ def scan_states_norm(lens, passages) -> float:
 # ---- static figures (matplotlib) ---------------------------------------------------------------------------------
 
 
-def _floor(*cols):
+def _display_floor(*cols):
+    """The smallest positive value / 10: where values at exactly 0 are drawn on a log axis (not the noise floor)."""
     a = np.concatenate([np.asarray(c, dtype=float) for c in cols])
     return a[a > 0].min() / 10 if (a > 0).any() else 1e-12
 
 
+def _tau(rep) -> float:
+    """The replacement result's noise floor τ (multiple × the largest null-edit KL); nan when it has none."""
+    return float(rep.floor.threshold) if rep.floor is not None else float("nan")
+
+
 def fig_kl_scatter(plt, rep, path):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    tau = _tau(rep)
     for ax, against, color in ((axes[0], "delete", RED), (axes[1], "random", GREY)):
         y_raw = getattr(rep, f"kl_{against}")
-        floor = _floor(rep.kl_atom, y_raw)
-        x = np.maximum(np.asarray(rep.kl_atom), floor)
-        y = np.maximum(np.asarray(y_raw), floor)
-        win = x < y
-        ax.scatter(x[win], y[win], s=9, alpha=0.6, color=BLUE, label=f"atom wins ({win.mean():.0%})")
-        ax.scatter(x[~win], y[~win], s=9, alpha=0.6, color=color, label=f"{against} wins")
-        lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+        low = _display_floor(rep.kl_atom, y_raw, [tau] if np.isfinite(tau) else [])
+        x = np.maximum(np.asarray(rep.kl_atom), low)
+        y = np.maximum(np.asarray(y_raw), low)
+        tie = below_floor(rep.kl_atom, tau) & below_floor(y_raw, tau)
+        win = (x < y) & ~tie
+        n_dec = int((~tie).sum())
+        ax.scatter(x[win], y[win], s=9, alpha=0.6, color=BLUE,
+                   label=f"atom wins ({win.sum() / max(n_dec, 1):.0%} of {n_dec} decided)")
+        ax.scatter(x[~win & ~tie], y[~win & ~tie], s=9, alpha=0.6, color=color, label=f"{against} wins")
+        if tie.any():
+            ax.scatter(x[tie], y[tie], s=9, alpha=0.6, color="#bcbd22", label=f"ties below τ ({int(tie.sum())})")
+        lo, hi = min(x.min(), y.min(), tau / 3 if np.isfinite(tau) else np.inf), max(x.max(), y.max())
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+        if np.isfinite(tau):  # the noise floor: both KLs below τ is a tie (left out of the rate)
+            ax.fill_between([lo, tau], lo, tau, color="#bcbd22", alpha=0.15, lw=0)
+            ax.axvline(tau, color="#bcbd22", ls=":", lw=1)
+            ax.axhline(tau, color="#bcbd22", ls=":", lw=1, label=f"noise floor τ = {tau:.2g}")
         ax.set(xscale="log", yscale="log", xlabel="KL(native ‖ atom)", ylabel=f"KL(native ‖ {against})",
                title=f"atom vs {against}")
         ax.legend(loc="upper left", fontsize=8, frameon=False)
-    fig.suptitle(f"Replacement test, gdn-tiny L{rep.layer}H{rep.head}: {rep.stats.n_firings} firings, KL at the "
-                 "last position", fontsize=11)
+    o = rep.options
+    fig.suptitle(f"Replacement test, gdn-tiny L{rep.layer}H{rep.head}: n = {rep.stats.n_firings} firings, scale "
+                 f"{o.scale}, KL at {o.kl_position}, timing {o.timing}; τ = {o.floor_multiple:g}× the largest "
+                 f"null-edit KL ({o.null_edit})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -145,13 +164,16 @@ def fig_kl_scatter(plt, rep, path):
 def fig_kl_ratio(plt, rep, path):
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     atom = np.asarray(rep.kl_atom)
+    tau = _tau(rep)
     for name, color in (("delete", RED), ("random", GREY)):
         c = np.asarray(getattr(rep, f"kl_{name}"))
-        ok = (atom > 0) & (c > 0)
-        ax.hist(np.log10(c[ok] / atom[ok]), bins=50, density=True, alpha=0.5, color=color, label=f"{name} / atom")
+        ok = (atom > 0) & (c > 0) & ~(below_floor(atom, tau) & below_floor(c, tau))  # ties left out
+        ax.hist(np.log10(c[ok] / atom[ok]), bins=50, density=True, alpha=0.5, color=color,
+                label=f"{name} / atom (n = {int(ok.sum())})")
     ax.axvline(0, color="k", ls="--", lw=1)
     ax.set(xlabel="log10(KL_cond / KL_atom)   (> 0: the atom disturbs less)", ylabel="density",
-           title="Per-firing KL ratios")
+           title=f"Per-firing KL ratios, L{rep.layer}H{rep.head} (KL at {rep.options.kl_position}; ties below "
+                 "the noise floor left out)")
     ax.legend(frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -249,6 +271,10 @@ def fig_erasure(plt, er, tok, path):
     d = np.asarray(er.delta_logp)
     axes[0].hist(d, bins=40, color=BLUE, alpha=0.8)
     axes[0].axvline(0, color="k", ls="--", lw=1)
+    if er.floor is not None and np.isfinite(er.floor.threshold):  # |Δ| below τ is indistinguishable from zero
+        tau = er.floor.threshold
+        axes[0].axvspan(-tau, tau, color="#bcbd22", alpha=0.3,
+                        label=f"noise floor |Δ| ≤ τ = {tau:.2g} ({er.floor.n_all_below} of {d.size} below)")
     axes[0].axvline(er.test_median.estimate, color=RED, lw=1.5,
                     label=f"median {er.test_median.estimate:+.3f} [{er.test_median.lo:+.3f}, {er.test_median.hi:+.3f}]")
     axes[0].set(xlabel=f"Δ log p({tok.decode([er.preferred_token])!r}) when the slot is erased",
