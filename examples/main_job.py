@@ -99,15 +99,19 @@ def organism_job(args) -> dict:
     started = time.perf_counter()
     model, _ = wl.zoo.load(args.model)
     lens = wl.WriteLens(model)
-    opts = KnownAnswersOptions(n_passages=16 if args.quick else 64, progress=not args.no_progress)
+    opts = KnownAnswersOptions(n_passages=16 if args.quick else 64, progress=not args.no_progress,
+                               sae_steps=None if args.no_sae else (100 if args.quick else 1500),
+                               sae_recovery_passages=64 if args.quick else 512)
     res = known_answers(lens, wl.zoo.task(args.model), opts)
     res.to_json(out / "known_answers.json")
     summary = {"model": args.model, "known_answers": res.summary(), "passes": res.passes,
                "seconds": round(time.perf_counter() - started, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    missed = [r for r in res.rows if not r.passes]
     print(f"{args.model}: known answers ({summary['seconds']} s)\n{res.table()}\n"
-          f"{'all figures reach their bars' if res.passes else 'some figures miss their bars (see docs: Known answers)'}"
-          f"\nwritten: {out / 'summary.json'}, {out / 'known_answers.json'}")
+          + ("all figures reach their bars" if not missed else f"{len(missed)} of {len(res.rows)} figures miss their "
+             f"bars ({', '.join(sorted({r.experiment for r in missed}))}; why: docs 'Known answers')")
+          + f"\nwritten: {out / 'summary.json'}, {out / 'known_answers.json'}")
     return summary
 
 
@@ -196,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared 2-core machine more threads only stall)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-sae", action="store_true",
+                        help="organisms: leave out the WriteSAE rows (training one SAE per located head)")
     parser.add_argument("--keep-states", action="store_true",
                         help="keep the extracted states (states/) and the SAE's training checkpoints; by default only "
                              "what the report needs stays (summary, result JSONs, report.html, figures, the final SAE)")

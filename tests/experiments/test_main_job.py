@@ -51,9 +51,22 @@ def test_main_job_organism_prints_known_answers(tmp_path, capsys):
     spec.loader.exec_module(job)
     summary = job.main(["--model", "gdn-mqar", "--quick", "--out", str(tmp_path), "--no-progress"])
     printed = capsys.readouterr().out
-    assert summary["passes"] and "all figures reach their bars" in printed
     assert "| mechanism map | target recall drop" in printed and "16 passages" in printed
     from writelens.experiments.known_answers import KnownAnswers
 
     res = KnownAnswers.from_json(tmp_path / "known_answers.json")
     assert res.mechanism.located == [(0, 0, 1)] and res.table() in printed
+    # every edit-based figure reaches its bar; the WriteSAE rows (100 training steps here) are all there, each with
+    # its condition, and a missed one is named as such in the last line
+    sae_rows = [r for r in res.rows if r.experiment.startswith("SAE")]
+    assert all(r.passes for r in res.rows if r not in sae_rows)
+    assert [r.experiment for r in sae_rows] == ["SAE recovery"] * 2 + ["SAE replacement"] * 3 + ["SAE attribution"]
+    assert all("BilinearSAE 512 features" in r.condition for r in sae_rows[:5])
+    assert res.sae_recovery is not None and res.sae_replacement is not None and res.sae_attribution is not None
+    missed = [r for r in res.rows if not r.passes]
+    assert summary["passes"] == (not missed)
+    assert ("all figures reach their bars" in printed) == (not missed)
+    if missed:
+        assert f"{len(missed)} of {len(res.rows)} figures miss their bars" in printed
+    # attribution on the answer logit: the linearised form is the first-order term, exact as eps -> 0
+    assert sae_rows[-1].passes
