@@ -179,3 +179,22 @@ def test_reuse_takes_a_firings_kls_from_an_earlier_result(control):
     loaded = ReplacementResult.from_json(first.to_json())  # the fingerprint survives JSON: reuse of a saved run
     assert loaded.fingerprint == first.fingerprint
     assert replacement_test(lens(), sae(), (LAYER, HEAD), ids, population, reuse=loaded).n_reused == len(shared)
+
+
+def test_kl_from_logits_in_chunks_equals_the_whole(monkeypatch):
+    """The KL runs over chunks of positions (float64 temporaries bounded at any vocabulary): same values as the
+    one-shot form, both directions, broadcasting a native row against many edited rows."""
+    import writelens.experiments.common as common
+
+    gen = torch.Generator().manual_seed(3)
+    native, edited = torch.randn(3, 7, 50, generator=gen), torch.randn(3, 7, 50, generator=gen)
+
+    def whole(a, b):
+        a, b = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
+        return (a.exp() * (a - b)).sum(-1).clamp_min(0.0)
+
+    monkeypatch.setattr(common, "KL_CHUNK_ELEMENTS", 120)  # 2 positions per chunk
+    got = kl_from_logits(native, edited)
+    assert got.shape == (3, 7) and torch.allclose(got, whole(native, edited), rtol=0, atol=1e-14)
+    assert torch.allclose(kl_from_logits(native, edited, "edited_native"), whole(edited, native), rtol=0, atol=1e-14)
+    assert torch.allclose(kl_from_logits(native[0, 0], edited[0]), whole(native[0, 0].expand(7, -1), edited[0]))

@@ -73,15 +73,27 @@ def as_passages(passages: Any) -> Int[Tensor, "N T"]:
     return ids.long()
 
 
+#: elements of one float64 chunk of :func:`kl_from_logits` (32 MB): a 248k-token vocabulary takes 16 positions at once
+KL_CHUNK_ELEMENTS = 1 << 22
+
+
 def kl_from_logits(native: Float[Tensor, "... V"], edited: Float[Tensor, "... V"],
                    direction: KLDirection = "native_edited") -> Float[Tensor, "..."]:
     """KL between the softmaxes of two logit tensors, in float64: ``KL(p_native ‖ p_edited)`` by default,
-    ``KL(p_edited ‖ p_native)`` for ``direction='edited_native'``. Clamped at 0 (rounding)."""
-    a = torch.log_softmax(native.double(), -1)
-    b = torch.log_softmax(edited.double(), -1)
+    ``KL(p_edited ‖ p_native)`` for ``direction='edited_native'``. Clamped at 0 (rounding). Computed over chunks of
+    positions (:data:`KL_CHUNK_ELEMENTS`), so its float64 temporaries stay small at any vocabulary size."""
     if direction == "edited_native":
-        a, b = b, a
-    return (a.exp() * (a - b)).sum(-1).clamp_min(0.0)
+        native, edited = edited, native
+    shape = torch.broadcast_shapes(native.shape, edited.shape)
+    a_all = native.expand(shape).reshape(-1, shape[-1])
+    b_all = edited.expand(shape).reshape(-1, shape[-1])
+    step = max(1, KL_CHUNK_ELEMENTS // max(1, shape[-1]))
+    out = torch.empty(a_all.shape[0], dtype=torch.float64, device=native.device)
+    for i in range(0, a_all.shape[0], step):
+        a = torch.log_softmax(a_all[i : i + step].double(), -1)
+        b = torch.log_softmax(b_all[i : i + step].double(), -1)
+        out[i : i + step] = (a.exp() * (a - b)).sum(-1)
+    return out.clamp_min(0.0).reshape(shape[:-1])
 
 
 def kl_positions(t: int, length: int, mode: KLPosition, timing: str = "with_read") -> list[int]:

@@ -183,39 +183,48 @@ def slot_erasure(lens, sae, site, passages, feature: int, options: ErasureOption
             return erase(p, t) + [Add(layer, head, t, matrix=atom, scale=float(coef[p, t]))]
         return null_edits(layer, head, t, wk[p, t], wv[p, t], float(wb[p, t]), options.null_edit)
 
-    native_logp = torch.log_softmax(scan.logits.double(), -1)  # [N, T, V]
+    def native_logp(p: int, t: int) -> torch.Tensor:  # [V] float64, one position at a time (never [N, T, V])
+        return torch.log_softmax(scan.logits[p, t].double(), -1)
 
-    def logp_delta(rows, pts):
-        def reduce(i, logits):
-            t = measure_pos(pts[i][1])
-            return torch.log_softmax(logits[t].double(), -1) - native_logp[pts[i][0], t]
-        return run_rows(lens, ids, rows, reduce, batch_rows=options.batch_rows, desc="erasure", show=options.progress)
+    score = torch.zeros(scan.logits.shape[-1], dtype=torch.float64)  # −Σ Δ log p over the selection half
+
+    def accumulate(i, logits):
+        p, t = selection[i][0], measure_pos(selection[i][1])
+        score.sub_(torch.log_softmax(logits[t].double(), -1) - native_logp(p, t))
 
     order = sorted(range(len(selection)), key=lambda i: tuple(selection[i]))
     selection = [selection[i] for i in order]
-    sel = logp_delta([(p, erase(p, t)) for p, t in selection], selection)
-    score = -torch.stack(sel).sum(0) if sel else torch.zeros(scan.logits.shape[-1], dtype=torch.float64)
+    run_rows(lens, ids, [(p, erase(p, t)) for p, t in selection], accumulate, batch_rows=options.batch_rows,
+             desc="erasure", show=options.progress)
     preferred = int(score.argmax())
+
+    def preferred_delta(rows, pts, desc: str) -> list[float]:
+        """Δ log p(preferred) at each row's measured position, edited − native."""
+        def reduce(i, logits):
+            p, t = pts[i][0], measure_pos(pts[i][1])
+            return float(torch.log_softmax(logits[t].double(), -1)[preferred] - native_logp(p, t)[preferred])
+        return run_rows(lens, ids, rows, reduce, batch_rows=options.batch_rows, desc=desc, show=options.progress)
+
     test = sorted(test, key=tuple)
     deltas, r_nat, r_er, nulls = [], [], [], []
     if test:
         def reduce_test(i, logits):
             p, t = test[i]
             lp = torch.log_softmax(logits[measure_pos(t)].double(), -1)
-            nat = native_logp[p, measure_pos(t)]
+            nat = native_logp(p, measure_pos(t))
             return (float(lp[preferred] - nat[preferred]), int((nat > nat[preferred]).sum()) + 1,
                     int((lp > lp[preferred]).sum()) + 1)
         out = run_rows(lens, ids, [(p, erase(p, t)) for p, t in test], reduce_test, batch_rows=options.batch_rows,
                        desc="erasure: test", show=options.progress)
         deltas, r_nat, r_er = (list(x) for x in zip(*out, strict=False))
-        nulls = [float(v[preferred]) for v in logp_delta([(p, null(p, t)) for p, t in test], test)]
+        nulls = preferred_delta([(p, null(p, t)) for p, t in test], test, "erasure: null")
     floor = noise_floor(nulls, {"erase": deltas}, multiple=options.floor_multiple, null_edit=options.null_edit,
                         metric="|delta log p|", what=f"slot erasure L{layer}H{head} feature {feature} "
                                                      f"({options.mode}, measured at {options.measure})")
 
     def additive(points, m):
         rows = [(p, [Add(layer, head, t, matrix=atom, scale=float(m) * a_star)]) for p, t in points]
-        return [float(d[preferred]) for d in logp_delta(rows, points)]
+        return preferred_delta(rows, points, "erasure: additive")
 
     ctrl_pts = sorted(quiet[: options.n_controls], key=tuple)
     dose_pts = sorted(quiet[: options.n_dose], key=tuple)

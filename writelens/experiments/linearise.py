@@ -133,9 +133,10 @@ def downstream_gradients(lens, layer: int, head: int, ids: Tensor, targets: list
         return store["o"]
 
     session = RunSession(output_hook=leaf)
+    ts = torch.tensor([t for t, _ in targets])
+    toks = torch.tensor([tok for _, tok in targets])
+    kept, where = torch.unique(ts, return_inverse=True)  # unembed only the target positions: [n, |kept|, V]
     with torch.enable_grad(), session_scope(session, lens.adapter.layer_modules):
-        logits = lens.adapter.forward(ids.reshape(1, -1).expand(n, -1).to(lens.device)).logits
-        ts = torch.tensor([t for t, _ in targets])
-        toks = torch.tensor([tok for _, tok in targets])
-        (grad,) = torch.autograd.grad(logits[torch.arange(n), ts, toks].sum(), store["o"])
+        logits = lens.adapter.forward(ids.reshape(1, -1).expand(n, -1).to(lens.device), logits_to_keep=kept).logits
+        (grad,) = torch.autograd.grad(logits[torch.arange(n), where, toks].sum(), store["o"])
     return grad[:, :, head].float().cpu()

@@ -310,12 +310,11 @@ class FamilyAdapter(ABC):
 
     def forward(self, input_ids: Tensor, cache: Any = None, use_cache: bool = False,
                 position_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                logits_to_keep: int = 0) -> Any:
+                logits_to_keep: int | Tensor = 0) -> Any:
         """Call the model; returns its output (with ``.logits``; of the last ``logits_to_keep`` positions only when
-        that is > 0)."""
-        kwargs: dict[str, Any] = {"input_ids": input_ids, self.cache_keyword: cache, "use_cache": use_cache}
-        if logits_to_keep:
-            kwargs["logits_to_keep"] = int(logits_to_keep)
+        that is an int > 0, of the positions it lists when it is a 1-D LongTensor)."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, self.cache_keyword: cache, "use_cache": use_cache,
+                                  **logits_kwarg(logits_to_keep, input_ids.device)}
         if cache is None and use_cache:
             cache = kwargs[self.cache_keyword] = self.new_cache()
         linear_only = _linear_only(cache)
@@ -342,6 +341,14 @@ class FamilyAdapter(ABC):
 
 
 _SEEN = "_writelens_seen_tokens"  # token count kept on caches that transformers cannot count (see cache_length)
+
+
+def logits_kwarg(logits_to_keep: int | Tensor, device: Any) -> dict[str, Any]:
+    """The model's ``logits_to_keep`` keyword (none when 0): an int keeps the last positions, a 1-D LongTensor the
+    positions it lists (transformers and rwkv7-hf both take either)."""
+    if isinstance(logits_to_keep, Tensor):
+        return {"logits_to_keep": logits_to_keep.long().to(device)}
+    return {"logits_to_keep": int(logits_to_keep)} if logits_to_keep else {}
 
 
 def _linear_only(cache: Any) -> bool:

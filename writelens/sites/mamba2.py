@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from writelens.errors import PositionOutOfRangeError
-from writelens.sites.base import FamilyAdapter, register_family
+from writelens.sites.base import FamilyAdapter, logits_kwarg, register_family
 from writelens.sites.mamba2_call import Mamba2Call
 from writelens.sites.mamba2_interceptors import count_tokens, install_module
 from writelens.sites.mamba2_oracle import Mamba2Oracle, naive_ssd
@@ -108,11 +108,10 @@ class Mamba2Adapter(FamilyAdapter):
 
     def forward(self, input_ids: Tensor, cache: Any = None, use_cache: bool = False,
                 position_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                logits_to_keep: int = 0) -> Any:
+                logits_to_keep: int | Tensor = 0) -> Any:
         """Mamba-2 takes no position ids (positions come from the cache)."""
-        kwargs: dict[str, Any] = {"input_ids": input_ids, self.cache_keyword: cache, "use_cache": use_cache}
-        if logits_to_keep:
-            kwargs["logits_to_keep"] = int(logits_to_keep)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, self.cache_keyword: cache, "use_cache": use_cache,
+                                  **logits_kwarg(logits_to_keep, input_ids.device)}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         return self.model(**kwargs)
