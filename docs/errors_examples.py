@@ -39,8 +39,8 @@ EXAMPLES: list[tuple[str, str]] = [
     ("ZooModelNotFoundError", "wl.zoo.load('gdn-huge')"),
     ("SAEInputError", "wl.sae.BilinearSAE(d_k=4, d_v=4, n_features=8, k=2).encode(torch.zeros(3, 5, 4))"),
     ("ExperimentError", "from writelens.experiments import replacement_test\n"
-                        "replacement_test(lens, wl.sae.BilinearSAE(d_k=32, d_v=32, n_features=8, k=2), (0, 0), "
-                        "torch.zeros(2, 3, 4))"),
+                        "replacement_test(lens, wl.sae.BilinearSAE(d_k=64, d_v=64, n_features=8, k=2), (0, 0), "
+                        "torch.zeros(2, 3, 4, dtype=torch.long))"),
     ("InputError", "lens.run(torch.tensor([[1, 2, -5]]))"),
     ("DeviceUnavailableError", "from writelens.validate import check_device\ncheck_device('cuda:7' if torch.cuda.is_available() "
                                "else 'cuda')"),

@@ -61,7 +61,7 @@ def test_edit_shape_and_dtype(lens):
 
 
 def test_non_finite(lens):
-    huge = wl.Add(0, 0, 3, matrix=torch.full((16, 16), float("inf")))
+    huge = wl.Add(0, 0, 3, matrix=torch.full((16, 16), 3e38), scale=10.0)  # finite, but overflows once scaled
     with pytest.raises(errors.NonFiniteError, match="magnitude"):
         lens.run(ids(1, 8), edits=[huge])
 

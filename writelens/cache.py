@@ -15,8 +15,20 @@ from writelens.errors import (
     SiteOutOfRangeError,
 )
 from writelens.sites.base import RecurrentCall, Site, WriteFactors
+from writelens.validate import as_int
 
 __all__ = ["WriteCache", "WriteFactors"]
+
+
+def _nonempty(positions: Sequence[int]) -> list:
+    """``positions`` as a list, or :class:`PositionOutOfRangeError` when it is empty or not a sequence."""
+    if isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
+        raise PositionOutOfRangeError(f"positions={positions!r} is not a list of positions; pass e.g. [3, 7].")
+    listed = positions.tolist() if isinstance(positions, Tensor) else list(positions)
+    if not listed:
+        raise PositionOutOfRangeError("positions is empty; pass at least one position (states of no position would "
+                                      "be an empty tensor).")
+    return listed
 
 
 class WriteCache:
@@ -40,6 +52,8 @@ class WriteCache:
         return f"WriteCache(layers={sorted(self._calls)}, batch={self.batch_size}, seq_len={self.seq_len})"
 
     def _call(self, layer: int, head: int) -> RecurrentCall:
+        layer = as_int(layer, "layer", SiteOutOfRangeError)
+        head = as_int(head, "head", SiteOutOfRangeError)
         if not 0 <= layer < self._num_layers:
             raise SiteOutOfRangeError(f"layer {layer} is outside the model's {self._num_layers} layers.")
         if layer not in self._recurrent:
@@ -57,7 +71,7 @@ class WriteCache:
         return call
 
     def _pos(self, call: RecurrentCall, pos: int) -> int:
-        t = int(pos)
+        t = as_int(pos, "position", PositionOutOfRangeError)
         if t < 0:
             t += call.length
         if not 0 <= t < call.length:
@@ -94,7 +108,11 @@ class WriteCache:
     def state(self, layer: int, head: int, pos: int | Int[Tensor, " B"]) -> Float[Tensor, "B d_k d_v"]:
         """Exact state ``S_pos`` after the write at ``pos``; ``pos`` an int, or a LongTensor [B] (one per row)."""
         call = self._call(layer, head)
+        if isinstance(pos, Tensor) and pos.ndim > 1:
+            raise PositionOutOfRangeError(f"pos has shape {tuple(pos.shape)}; pass an int or a [B] tensor (one per row).")
         if isinstance(pos, Tensor) and pos.ndim == 1:
+            if pos.dtype.is_floating_point or pos.dtype == torch.bool:
+                raise PositionOutOfRangeError(f"pos has dtype {pos.dtype}; pass integer positions (e.g. pos.long()).")
             if pos.shape[0] != call.batch_size:
                 raise PositionOutOfRangeError(
                     f"pos has {pos.shape[0]} entries but the batch has {call.batch_size} rows; give one per row."
@@ -106,12 +124,13 @@ class WriteCache:
                 out = torch.empty_like(state) if out is None else out
                 out[rows.to(state.device)] = state[rows.to(state.device)]
             return out
-        return call.state_at(head, self._pos(call, int(pos)))
+        return call.state_at(head, self._pos(call, pos))
 
     def states(self, layer: int, head: int, positions: Sequence[int]) -> Float[Tensor, "B P d_k d_v"]:
-        """States at several positions (ascending order is fastest): [B, P, d_k, d_v]."""
+        """States at several positions (ascending order is fastest): [B, P, d_k, d_v]. Positions are integers (a list or
+        a 1-D tensor, at least one; negative ones count from the end); floats are refused, never truncated."""
         call = self._call(layer, head)
-        ts = [self._pos(call, p) for p in positions]
+        ts = [self._pos(call, p) for p in _nonempty(positions)]
         order = sorted(range(len(ts)), key=ts.__getitem__)
         out = None
         for i in order:
@@ -125,7 +144,7 @@ class WriteCache:
         """States of every head of ``layer`` at several positions, [B, P, H, d_k, d_v]: one sweep of the model's
         kernel for all heads where the family has one (GDN), else per head; ascending positions are fastest."""
         call = self._call(layer, 0)
-        ts = [self._pos(call, p) for p in positions]
+        ts = [self._pos(call, p) for p in _nonempty(positions)]
         heads = tuple(range(call.num_heads))
         out = None
         for i in sorted(range(len(ts)), key=ts.__getitem__):

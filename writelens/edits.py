@@ -22,7 +22,9 @@ Checked at construction (:class:`~writelens.errors.EditShapeError` unless noted)
 are integers (``3.0`` and ``True`` are refused, never truncated; negative ones raise the matching out-of-range
 error); ``Replace`` / ``RandomAtom`` ``scale`` is a finite norm ≥ 0 (flip an atom by negating ``key`` or ``value``);
 ``Replace`` / ``Install`` key and value are not all zeros (the atom would vanish: use ``Delete``); ``Add`` scale
-and ``Install`` magnitude are finite and may be negative (they subtract / install ``−value``).
+and ``Install`` magnitude are finite and may be negative (they subtract / install ``−value``); scales are numbers (not
+strings); vectors and matrices hold no NaN / inf; ``batch=`` is a row, a list of rows or a 1-D tensor. The lengths of
+key and value (d_k, d_v) are checked against the site when the edit is run.
 
 Composition: edits at one site, position and row add up (``Add``, ``Install``, ``RandomAtom(replace=False)``), but
 at most one of them may *replace* the native write there: two of ``Delete`` / ``Replace`` / ``RandomAtom`` at the
@@ -81,6 +83,8 @@ def _check_common(edit: object, *, pos: bool = True) -> None:
 def _rows(batch: object, name: str) -> int | tuple[int, ...] | None:
     if batch is None:
         return None
+    if getattr(batch, "ndim", 0) > 1:
+        raise EditShapeError(f"{name}.batch has shape {tuple(batch.shape)}; pass one row, a list of rows or a 1-D tensor.")
     if hasattr(batch, "ndim") and batch.ndim == 1:
         batch = batch.tolist()  # a 1-D tensor / array of rows
     if isinstance(batch, (str, bytes)) or not hasattr(batch, "__iter__") or getattr(batch, "ndim", None) == 0:
@@ -103,6 +107,8 @@ def _rows(batch: object, name: str) -> int | tuple[int, ...] | None:
 def _check_scale(value: object, name: str, *, allow_none: bool, nonnegative: bool) -> float | None:
     if value is None and allow_none:
         return None
+    if isinstance(value, (str, bytes)):
+        raise EditShapeError(f"{name} must be a number, got the string {value!r}.")
     try:
         v = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -126,6 +132,8 @@ def _nonzero(vec: Tensor | None, name: str) -> None:
 def _as_vector(x: Tensor | Sequence[float] | None, name: str) -> Tensor | None:
     if x is None:
         return None
+    if isinstance(x, (str, bytes)):
+        raise EditShapeError(f"{name} must be a float vector, got the string {x!r}.")
     t = torch.as_tensor(x)
     if not torch.is_floating_point(t):
         raise EditShapeError(f"{name} must be a floating-point vector, got dtype {t.dtype}; pass e.g. tensor.float().")
@@ -133,7 +141,14 @@ def _as_vector(x: Tensor | Sequence[float] | None, name: str) -> Tensor | None:
         raise EditShapeError(
             f"{name} must be a 1-D vector (d_k for a key, d_v for a value), got shape {tuple(t.shape)}."
         )
+    _finite(t, name)
     return t.detach()
+
+
+def _finite(t: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise EditShapeError(f"{name} holds NaN or inf, which would make every later state and logit NaN; pass a "
+                             "finite tensor.")
 
 
 @dataclass(frozen=True)
@@ -209,6 +224,7 @@ class Add:
                 raise EditShapeError(
                     f"Add.matrix must be a float (d_k, d_v) matrix, got shape {tuple(m.shape)} dtype {m.dtype}."
                 )
+            _finite(m, "Add.matrix")
             object.__setattr__(self, "matrix", m)
         else:
             if self.key is None or self.value is None:

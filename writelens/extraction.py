@@ -42,7 +42,7 @@ from writelens.sae.shards import (
     ShardWriter,
     site_dir_name,
 )
-from writelens.validate import check_out_dir
+from writelens.validate import as_int, check_int, check_out_dir
 
 ROWS_PER_SHARD = 4096
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,6 +80,9 @@ def _sequences(lens, tokens_or_texts, seq_len: int | None) -> list[list[int]]:
             data = data[: n * seq_len].reshape(n, seq_len)
         if data.dim() != 2:
             raise ExtractionError(f"token tensors must be [N, T] or a 1-D stream, got {tuple(data.shape)}.")
+        if data.dtype.is_floating_point or data.dtype.is_complex or data.dtype == torch.bool:
+            raise ExtractionError(f"token ids must be integers, got dtype {data.dtype}; tokenise the text or pass "
+                                  "ids.long() (floats are never truncated to ids).")
         sequences = data.long().tolist()
     else:
         data = list(data)
@@ -89,7 +92,7 @@ def _sequences(lens, tokens_or_texts, seq_len: int | None) -> list[list[int]]:
                 raise ExtractionError("texts need a tokenizer: build the lens with WriteLens(model, tokenizer=tok), or pass token ids.")
             sequences = [_tokenize(tokenizer, text) for text in data]
         else:
-            sequences = [[int(t) for t in seq] for seq in data]
+            sequences = [[as_int(t, "token id", ExtractionError) for t in seq] for seq in data]
     if seq_len is not None:
         sequences = [seq[:seq_len] for seq in sequences]
     return sequences
@@ -109,17 +112,26 @@ def _budget(sequences: list[list[int]], n_tokens: int | None) -> list[list[int]]
 
 
 def _sites(lens, sites) -> list[tuple[int, int, int, int]]:
-    if sites is None or sites == "all":
+    if sites is None or (isinstance(sites, str) and sites == "all"):
         chosen = [(s.layer, s.head) for s in lens.sites]
+    elif isinstance(sites, (str, bytes)) or not hasattr(sites, "__iter__"):
+        raise ExtractionError(f"sites={sites!r} is not a list of sites; pass (layer, head) pairs such as [(9, 4)], "
+                              "layer ints (all heads), or None / 'all'.")
     else:
         chosen = []
         for site in sites:
-            if isinstance(site, int):
-                chosen += [(s.layer, s.head) for s in lens.sites if s.layer == site]
-            elif hasattr(site, "layer"):
+            if hasattr(site, "layer"):
                 chosen.append((site.layer, site.head))
+            elif isinstance(site, (tuple, list)) and len(site) == 2:
+                chosen.append((as_int(site[0], "a site's layer", ExtractionError),
+                               as_int(site[1], "a site's head", ExtractionError)))
+            elif isinstance(site, (str, bytes, tuple, list)):
+                raise ExtractionError(f"sites=[..., {site!r}, ...]: each site is a (layer, head) pair, a Site or a "
+                                      "layer int; e.g. sites=[(9, 4), 12].")
             else:
-                chosen.append((int(site[0]), int(site[1])))
+                layer = as_int(site, "a site's layer", ExtractionError)
+                lens.site(layer, 0)  # a named error for a layer that is not a recurrent layer
+                chosen += [(s.layer, s.head) for s in lens.sites if s.layer == layer]
     if not chosen:
         raise ExtractionError(f"no sites to extract from {sites!r}; pass (layer, head) pairs, layers, or None for all.")
     found = []
@@ -151,11 +163,14 @@ def _fingerprint(sequences: list[list[int]]) -> str:
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None or world_size is not None:
-        rank, world_size = rank or 0, world_size or 1
+        rank = 0 if rank is None else as_int(rank, "rank", ExtractionError)
+        world_size = 1 if world_size is None else as_int(world_size, "world_size", ExtractionError)
     elif dist.is_available() and dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     else:
         rank, world_size = 0, 1
+    if world_size < 1:
+        raise ExtractionError(f"world_size={world_size} must be >= 1.")
     if not 0 <= rank < world_size:
         raise ExtractionError(f"rank {rank} is outside world_size {world_size}.")
     return rank, world_size
@@ -174,7 +189,11 @@ def extract(lens, tokens_or_texts, sites=None, target: str = "sampled_positions"
             token stream with ``seq_len``. Sequence ids are their indices in this input.
         sites: (layer, head) pairs, ``Site`` objects, layer ints (all heads), or None for every site.
         n_tokens: token budget (sequences in order, the last one cut to fit); None: everything.
-        seq_len: truncate (or, for a 1-D stream, cut) sequences to this length.
+        seq_len: truncate (or, for a 1-D stream, cut) sequences to this length (≥ 1).
+        positions_per_seq / min_position: ``sampled_positions`` keeps up to ``positions_per_seq`` (≥ 1) positions in
+            ``[min_position, len)`` (``min_position`` ≥ 0 and below the longest sequence; a sequence not longer than
+            ``min_position`` contributes its last position).
+        batch_size: sequences per forward (≥ 1).
         seqs_per_shard: sequences per shard (default: about 4096 rows per shard, a multiple of batch_size).
         dtype: storage dtype of states / factors: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
         overwrite: delete an existing, different extraction in ``out_dir`` instead of refusing to resume it.
@@ -183,11 +202,24 @@ def extract(lens, tokens_or_texts, sites=None, target: str = "sampled_positions"
         raise ExtractionError(f"unknown target {target!r}; use one of {TARGETS}.")
     if dtype not in _DTYPES:
         raise ExtractionError(f"dtype {dtype!r} is not supported; use one of {sorted(_DTYPES)}.")
+    err = ExtractionError
+    positions_per_seq = check_int(positions_per_seq, "positions_per_seq", err, 1)
+    batch_size = check_int(batch_size, "batch_size", err, 1)
+    min_position = check_int(min_position, "min_position", err, 0)
+    seq_len = check_int(seq_len, "seq_len", err, 1, allow_none=True)
+    seqs_per_shard = check_int(seqs_per_shard, "seqs_per_shard", err, 1, allow_none=True)
+    n_tokens = check_int(n_tokens, "n_tokens", err, 1, allow_none=True)
+    seed = check_int(seed, "seed", err, 0)
     rank, world_size = _rank_and_world(rank, world_size)
     site_list = _sites(lens, sites)
     sequences = [s for s in _budget(_sequences(lens, tokens_or_texts, seq_len), n_tokens) if s]
     if not sequences:
         raise ExtractionError("no tokens to extract from (empty input or n_tokens=0).")
+    longest = max(map(len, sequences))
+    if target == "sampled_positions" and min_position >= longest:
+        raise ExtractionError(f"min_position={min_position} leaves nothing to sample: the longest sequence has "
+                              f"{longest} tokens (positions 0..{longest - 1}); lower min_position or use longer "
+                              "sequences (a shorter sequence contributes its last position).")
     rows_per_seq = {"sampled_positions": positions_per_seq, "final_state": 1}.get(
         target, max(1, sum(map(len, sequences)) // len(sequences)))
     if seqs_per_shard is None:
@@ -305,6 +337,8 @@ def query_metric(lens, input_ids: torch.Tensor, site: tuple[int, int] | list[tup
     from writelens.sae.objectives import ReadMetric
 
     sites = [site] if isinstance(site, tuple) else list(site)
+    min_position = check_int(min_position, "min_position", InputError, 0)
+    batch_size = check_int(batch_size, "batch_size", InputError, 1)
     if not sites:
         raise InputError("query_metric needs at least one site (layer, head).")
     for layer, head in sites:

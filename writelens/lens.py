@@ -16,6 +16,7 @@ from writelens import fastpath, lens_inputs
 from writelens.cache import WriteCache
 from writelens.edits import Edit, edit_positions
 from writelens.errors import (
+    InputError,
     MissingTokenizerError,
     ModelLoadError,
     NonFiniteError,
@@ -26,7 +27,7 @@ from writelens.errors import (
     UnsupportedModelError,
 )
 from writelens.sites.base import RunSession, Site, adapter_for, session_scope
-from writelens.validate import check_device
+from writelens.validate import as_int, check_device, check_float_dtype
 
 __all__ = ["WriteLens", "RunOutput", "GenerateOutput"]
 
@@ -87,6 +88,8 @@ class WriteLens:
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if not (isinstance(dtype, str) and dtype == "auto"):
+            dtype = check_float_dtype(dtype, "WriteLens.from_pretrained dtype", InputError)
         local = Path(str(name_or_path)).expanduser()
         looks_local = str(name_or_path).startswith(("/", "./", "../", "~", ".\\")) or str(name_or_path).count("/") > 1
         if local.is_file() or (looks_local and not local.is_dir()):
@@ -132,10 +135,13 @@ class WriteLens:
         return list(self._sites)
 
     def site(self, layer: int, head: int) -> Site:
+        """The ``Site`` of (``layer``, ``head``); a named error when it is not a write site of this model."""
         self._check_site(layer, head)
-        return next(s for s in self._sites if s.layer == layer and s.head == head)
+        return next(s for s in self._sites if s.layer == int(layer) and s.head == int(head))
 
     def _check_site(self, layer: int, head: int) -> None:
+        layer = as_int(layer, "layer", SiteOutOfRangeError)
+        head = as_int(head, "head", SiteOutOfRangeError)
         if not 0 <= layer < self.adapter.num_layers:
             raise SiteOutOfRangeError(
                 f"layer {layer} is outside the model's {self.adapter.num_layers} layers; "
@@ -176,7 +182,8 @@ class WriteLens:
         Args:
             input_ids: [B, T] (or [T]).
             cache: record the write sites (``out.cache``).
-            sites: which (layer, head) to record (None: all); all heads of a named layer are recorded.
+            sites: which (layer, head) pairs (or ``Site``\ s, or layer ints) to record (None: all); all heads of a named
+                layer are recorded. A string or a malformed item raises :class:`InputError`.
             edits: ``wl.Delete`` / ``Replace`` / ``Add`` / ``RandomAtom`` / ``Install`` (a list, or one edit alone);
                 composed exactly (at most one write-replacing edit per site, position and row).
             attention_mask: [B, T] of 0 / 1 (0: padding); an edit at a padded position raises
@@ -201,6 +208,8 @@ class WriteLens:
                 )
             return RunOutput(logits=logits)
         capture = frozenset()
+        if sites is not None and (isinstance(sites, (str, bytes, Site)) or not hasattr(sites, "__iter__")):
+            raise InputError(f"sites={sites!r} is not a list of sites; pass e.g. sites=[(0, 1)] or None for all.")
         if cache:
             capture = frozenset(self.recurrent_layers if sites is None else [self._site_layer(s) for s in sites])
         session = RunSession(edits=edits, capture=capture,
@@ -221,9 +230,9 @@ class WriteLens:
         return RunOutput(logits=logits, cache=wcache, past_key_values=past)
 
     def _site_layer(self, s: tuple[int, int] | Site | int) -> int:
-        layer, head = (s, 0) if isinstance(s, int) else ((s.layer, s.head) if isinstance(s, Site) else s)
+        layer, head = lens_inputs.site_pair(s, Site)
         self._check_site(layer, head)
-        return layer
+        return int(layer)
 
     # ---- generation -----------------------------------------------------------------------------------------------
 
@@ -245,6 +254,9 @@ class WriteLens:
         n_logits = int(self.model.get_output_embeddings().weight.shape[0])
         max_new_tokens, top_k, seed = lens_inputs.check_generate_args(max_new_tokens, do_sample, temperature, top_k,
                                                                       seed, n_logits)
+        if past_key_values is not None and not hasattr(past_key_values, "get_seq_length"):
+            raise InputError(f"past_key_values is a {type(past_key_values).__name__}, not a transformers cache; pass "
+                             "the past_key_values of lens.run(..., use_cache=True) or of a GenerateOutput.")
         past = self.adapter.new_cache() if past_key_values is None else clone_cache(past_key_values)
         start = self.adapter.cache_length(past) if past_key_values is not None else 0
         edits = self._check_edits(edits, B, start + T + max_new_tokens)

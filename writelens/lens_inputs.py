@@ -30,9 +30,9 @@ from writelens.errors import (
     InputError,
     PositionOutOfRangeError,
 )
-from writelens.validate import as_int
+from writelens.validate import as_int, check_bool
 
-__all__ = ["as_edits", "check_edits", "check_ids", "check_mask", "check_generate_args"]
+__all__ = ["as_edits", "check_edits", "check_ids", "check_mask", "check_generate_args", "site_pair"]
 
 _EDIT_TYPES = (Delete, Replace, Add, RandomAtom, Install)
 
@@ -92,6 +92,19 @@ def check_edits(lens: Any, edits: Any, batch_size: int, length: int, mask: Tenso
     return edits
 
 
+def site_pair(s: Any, site_cls: type) -> tuple[Any, Any]:
+    """(layer, head) of one item of ``sites=``: a ``Site``, a (layer, head) pair, or a layer index (head 0);
+    :class:`InputError` for a string, a triple or another sequence."""
+    if isinstance(s, site_cls):
+        return s.layer, s.head
+    if isinstance(s, (tuple, list)) and len(s) == 2:
+        return s[0], s[1]
+    if isinstance(s, (str, bytes, tuple, list)) or (hasattr(s, "__iter__") and getattr(s, "ndim", 1) != 0):
+        raise InputError(f"sites=[..., {s!r}, ...]: each site is a (layer, head) pair, a Site or a layer index; e.g. "
+                         "sites=[(0, 1), 2].")
+    return s, 0
+
+
 def _is_text(x: Any) -> bool:
     return isinstance(x, (str, bytes)) or (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], str))
 
@@ -137,6 +150,8 @@ def check_mask(attention_mask: Any, ids: Tensor) -> Tensor | None:
     if tuple(mask.shape) != tuple(ids.shape):
         raise InputError(f"attention_mask has shape {tuple(mask.shape)} but input_ids {tuple(ids.shape)}; pass one "
                          "0 / 1 entry per token (1: a real token, 0: padding).")
+    if mask.dtype.is_complex:
+        raise InputError(f"attention_mask has dtype {mask.dtype}; pass a bool or integer tensor of 0 / 1.")
     flags = mask.detach().cpu()
     if flags.dtype != torch.bool and not bool(((flags == 0) | (flags == 1)).all()):
         raise InputError("attention_mask must hold only 0 and 1 (1: a real token, 0: padding).")
@@ -152,6 +167,7 @@ def check_generate_args(max_new_tokens: Any, do_sample: bool, temperature: Any, 
     """``(max_new_tokens, top_k, seed)`` as ints: max_new_tokens ≥ 1, top_k in 1..n_logits or None, and a finite
     temperature > 0 when sampling."""
     max_new_tokens = as_int(max_new_tokens, "max_new_tokens", InputError)
+    check_bool(do_sample, "do_sample", InputError)
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens={max_new_tokens}: generate at least 1 token (lens.run is the forward "
                          "without generation).")

@@ -6,15 +6,18 @@ what was wrong and what to pass instead.
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from writelens.errors import DeviceUnavailableError, OutputDirError
 
-__all__ = ["as_int", "check_device", "check_out_dir"]
+__all__ = ["as_int", "check_int", "check_number", "check_choice", "check_bool", "check_float_dtype", "check_device",
+           "check_out_dir"]
 
 
 def as_int(value: Any, name: str, error: type[Exception]) -> int:
@@ -33,6 +36,72 @@ def as_int(value: Any, name: str, error: type[Exception]) -> int:
             return v
     kind = type(value).__name__
     raise error(f"{name} must be an integer, got {value!r} ({kind}); pass int(...) of a whole number.")
+
+
+def check_int(value: Any, name: str, error: type[Exception], lo: int | None = None, hi: int | None = None, *,
+              allow_none: bool = False) -> int | None:
+    """``value`` as an int in ``[lo, hi]`` (:func:`as_int` first; None passes when ``allow_none``), else ``error``
+    naming ``name`` and the range."""
+    if value is None and allow_none:
+        return None
+    v = as_int(value, name, error)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        where = (f"in {lo}..{hi}" if lo is not None and hi is not None else f">= {lo}" if lo is not None
+                 else f"<= {hi}")
+        raise error(f"{name}={v} is out of range; pass an integer {where}" + (" (or None)" if allow_none else "")
+                    + ".")
+    return v
+
+
+def check_number(value: Any, name: str, error: type[Exception], lo: float | None = None, hi: float | None = None, *,
+                 lo_open: bool = False, hi_open: bool = False, allow_none: bool = False) -> float | None:
+    """``value`` as a finite float in the range (open or closed ends; None passes when ``allow_none``); strings,
+    bools, NaN and inf raise ``error`` naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (str, bytes, bool)):
+        raise error(f"{name} must be a number, got {value!r}.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise error(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(v):
+        raise error(f"{name}={v} is not finite; pass a finite number.")
+    low_bad = lo is not None and (v <= lo if lo_open else v < lo)
+    high_bad = hi is not None and (v >= hi if hi_open else v > hi)
+    if low_bad or high_bad:
+        parts = ([f"{'>' if lo_open else '>='} {lo:g}"] if lo is not None else []) + (
+            [f"{'<' if hi_open else '<='} {hi:g}"] if hi is not None else [])
+        raise error(f"{name}={v:g} is out of range; pass a number {' and '.join(parts)}.")
+    return v
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any], error: type[Exception]) -> Any:
+    """``value`` if it is one of ``choices``, else ``error`` listing them."""
+    if not any(value == c and type(value) is type(c) for c in choices):
+        raise error(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
+    return value
+
+
+def check_bool(value: Any, name: str, error: type[Exception]) -> bool:
+    """``value`` if it is a bool (numpy bools pass), else ``error`` (a string such as ``"no"`` is truthy: refused)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise error(f"{name} must be True or False, got {value!r}.")
+
+
+def check_float_dtype(dtype: Any, name: str, error: type[Exception], *, allow_none: bool = False) -> Any:
+    """A floating-point ``torch.dtype`` (or a string naming one, e.g. ``"bfloat16"``, returned as the dtype); None
+    passes when ``allow_none``."""
+    import torch
+
+    if dtype is None and allow_none:
+        return None
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise error(f"{name}={dtype!r} is not a floating-point torch dtype; pass torch.float32, torch.bfloat16, "
+                    "torch.float16 (or their names).")
+    return resolved
 
 
 def check_device(device: Any, what: str = "device") -> str:

@@ -185,6 +185,9 @@ def corpus_passages(lens: Any, corpus: str, n: int, n_tokens: int, seed: int, fl
     usable = (ids.numel() // n_tokens) * n_tokens
     if usable == 0:
         raise ValueError(f"{path} has fewer than {n_tokens} tokens.")
+    if usable // n_tokens < n:
+        raise ValueError(f"{path} ({ids.numel()} tokens) holds only {usable // n_tokens} passages of {n_tokens} tokens, "
+                         f"fewer than the {n} asked for; ask for fewer or shorter passages, or use a longer text.")
     return ids[:usable].view(-1, n_tokens)[:n]
 
 

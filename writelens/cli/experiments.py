@@ -282,6 +282,10 @@ def target_ids(lens: Any, items: list[str], flag: str = "--targets") -> list[int
                 raise fail(flag, f"{item!r} is {len(options[1])} tokens {options[1]} for this tokenizer; give "
                                  "single-token words or token ids.")
             tok = int(single[0][0])
+            unk = getattr(tokenizer, "unk_token_id", None)
+            if unk is not None and tok == unk and item != getattr(tokenizer, "unk_token", None):
+                raise fail(flag, f"{item!r} is not in the tokenizer's vocabulary (it maps to the unknown token "
+                                 f"{tokenizer.unk_token!r}); give words the tokenizer knows, or token ids.")
         if not 0 <= tok < vocab:
             raise fail(flag, f"token id {tok} is outside the vocabulary (0..{vocab - 1}).")
         out.append(tok)

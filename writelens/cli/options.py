@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 import types
 import typing
@@ -76,9 +77,12 @@ def _convert_item(item_type: Any, text: str) -> Any:
             raise ValueError(f"{text!r} is not {len(parts_types)} values joined by ':'")
         return tuple(_convert_item(t, p) for t, p in zip(parts_types, parts, strict=True))
     try:
-        return item_type(text)
+        value = item_type(text)
     except ValueError:
         raise ValueError(f"{text!r} is not {'an integer' if item_type is int else 'a number'}") from None
+    if item_type is float and not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
 
 
 def _example(item_type: Any, n: int | None) -> str:
@@ -148,6 +152,8 @@ def _optional_parser(flag: str, scalar: type, bound: Bound | None = None, option
                 value = scalar(value)
             except ValueError:
                 raise fail(flag, f"expected {expected}, got {value!r}.") from None
+            if scalar is float and not math.isfinite(value):
+                raise fail(flag, f"expected {expected} (finite), got {value}.")
         if bound is not None and not bound.holds(value):
             raise fail(flag, f"expected {expected}, got {value:g}.")
         return value
@@ -293,6 +299,14 @@ def config_options(cls: type, *, exclude: tuple[str, ...] = (), prefix: str = ""
 
 def build(cls: type, values: dict[str, Any], *, prefix: str = "", **fixed: Any) -> Any:
     """Instantiate dataclass ``cls`` from parsed options (``prefix``-ed names) plus ``fixed`` fields."""
+    from writelens.errors import WriteLensError
+
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k[len(prefix):] in names}
-    return cls(**{**kwargs, **fixed})
+    try:
+        return cls(**{**kwargs, **fixed})
+    except WriteLensError as err:  # a config's own range check: name the option it came from
+        m = re.search(rf"{cls.__name__}\.(\w+)", str(err))
+        if m is None or m.group(1) not in kwargs:
+            raise
+        raise fail(f"--{(prefix + m.group(1)).replace('_', '-')}", str(err)) from None

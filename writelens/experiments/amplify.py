@@ -27,6 +27,7 @@ from writelens.errors import ExperimentError
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin
 from writelens.experiments.common import as_passages, scan_site, single_head_sae, site_tuple
+from writelens.experiments.options import NONNEG, POS, POS_OR_NONE, check_options
 
 __all__ = ["AmplifyOptions", "AmplifyResult", "Comparison", "feature_amplification", "tokens_matching",
            "surface_metrics"]
@@ -62,6 +63,13 @@ class AmplifyOptions(JsonMixin):
     progress: bool = True
     #: use an SAE recorded for another site / target / model anyway (see writelens.provenance)
     allow_foreign_sae: bool = False
+
+    def __post_init__(self) -> None:
+        check_options(self, {"n_features": POS, "doses": ("nums",), "max_new_tokens": POS, "top_k": POS_OR_NONE,
+                             "seed": NONNEG, "min_position": NONNEG, "n_bootstrap": NONNEG, "scan_batch": POS})
+        if not (isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool)
+                and 0 < self.temperature < float("inf")):
+            raise ExperimentError(f"AmplifyOptions.temperature={self.temperature!r} must be a finite number > 0.")
 
 
 @dataclass

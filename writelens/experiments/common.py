@@ -38,6 +38,11 @@ def single_head_sae(sae: Any, head: int, *, lens: Any = None, layer: int | None 
     :func:`~writelens.provenance.check_sae_provenance` (refuses an SAE recorded for another site / target / model
     unless ``allow_foreign``)."""
     if lens is not None and layer is not None:
+        site = lens.site(layer, head)  # a named error for a layer / head that is not a write site
+        cfg = getattr(sae, "cfg", None)
+        if cfg is not None and (cfg.d_k, cfg.d_v) != (site.d_k, site.d_v):
+            raise SAEInputError(f"{what}: the SAE encodes {cfg.d_k}x{cfg.d_v} states but site L{layer}H{head} holds "
+                                f"{site.d_k}x{site.d_v} states; pass the SAE trained for this site.")
         check_sae_provenance(sae, lens.model, layer, head, target=target, allow_foreign=allow_foreign, what=what)
     if sae is None or not getattr(sae, "stacked", False):
         return sae
@@ -65,11 +70,17 @@ def token_direction(lens, layer: int, head: int, tokens: Int[Tensor, " n"]) -> F
 
 def as_passages(passages: Any) -> Int[Tensor, "N T"]:
     """Token ids as a LongTensor [N, T] (a 1-D tensor is one passage; lists of equal-length lists are stacked)."""
-    ids = torch.as_tensor(passages)
+    try:
+        ids = torch.as_tensor(passages)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ExperimentError(f"passages must be token ids [N, T], got {type(passages).__name__} ({err}).") from None
     if ids.ndim == 1:
         ids = ids[None]
-    if ids.ndim != 2:
-        raise ExperimentError(f"passages must be token ids [N, T], got shape {tuple(ids.shape)}.")
+    if ids.ndim != 2 or 0 in ids.shape:
+        raise ExperimentError(f"passages must be token ids [N, T] with N, T >= 1, got shape {tuple(ids.shape)}.")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ExperimentError(f"passages must be integer token ids, got dtype {ids.dtype}; tokenise the text or pass "
+                              "ids.long() (floats are never truncated to ids).")
     return ids.long()
 
 

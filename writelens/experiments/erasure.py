@@ -23,10 +23,12 @@ import numpy as np
 import torch
 
 from writelens.edits import Add, Delete
+from writelens.errors import ExperimentError
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin
 from writelens.experiments.common import as_passages, run_rows, scan_site, single_head_sae, site_tuple
 from writelens.experiments.floor import NoiseFloor, NullEdit, below_floor, noise_floor, null_edits
+from writelens.experiments.options import FINITE_NONNEG, NONNEG, POS, POS_OR_NONE, check_options
 
 __all__ = ["ErasureOptions", "ErasureResult", "DoseCell", "slot_erasure"]
 
@@ -65,6 +67,15 @@ class ErasureOptions(JsonMixin):
     progress: bool = True
     #: use an SAE recorded for another site / target / model anyway (see writelens.provenance)
     allow_foreign_sae: bool = False
+
+    def __post_init__(self) -> None:
+        check_options(self, {"selection_fraction": ("num", 0.0), "max_firings": POS_OR_NONE, "min_position": NONNEG,
+                             "control_doses": ("nums", True), "n_controls": NONNEG, "dose_response": ("nums", True),
+                             "n_dose": NONNEG, "floor_multiple": FINITE_NONNEG, "n_bootstrap": NONNEG,
+                             "seed": NONNEG, "batch_rows": POS, "scan_batch": POS})
+        if not 0 < self.selection_fraction < 1:
+            raise ExperimentError(f"ErasureOptions.selection_fraction={self.selection_fraction} must lie in (0, 1) "
+                                  "(the rest of the firings is the test half).")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from writelens.errors import ExperimentError
 from writelens.experiments.base import ExperimentResult, JsonMixin
 from writelens.experiments.common import (
     as_passages,
@@ -22,6 +23,7 @@ from writelens.experiments.common import (
     site_tuple,
     unembedding,
 )
+from writelens.validate import check_int
 
 __all__ = ["Context", "FeatureCard", "feature_card"]
 
@@ -77,7 +79,10 @@ def feature_card(lens, sae, site, passages, feature: int, *, n_contexts: int = 1
         scan: a :class:`writelens.experiments.common.Scan` of the same passages to reuse (saves a pass).
     """
     layer, head = site_tuple(site)
+    for name, value, lo in (("n_contexts", n_contexts, 0), ("window", window, 0), ("n_tokens", n_tokens, 0)):
+        check_int(value, f"feature_card {name}", ExperimentError, lo)
     sae = single_head_sae(sae, head, lens=lens, layer=layer, allow_foreign=allow_foreign_sae, what="feature_card")
+    check_int(feature, "feature_card feature", ExperimentError, 0, sae.cfg.n_features - 1)
     tokenizer = tokenizer if tokenizer is not None else lens.tokenizer
     ids = as_passages(passages)
     if scan is None:

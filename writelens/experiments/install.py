@@ -23,8 +23,9 @@ from writelens.edits import Install
 from writelens.errors import ExperimentError
 from writelens.experiments import stats as st
 from writelens.experiments.base import ExperimentResult, JsonMixin, progress
-from writelens.experiments.common import as_passages, site_tuple, token_direction
+from writelens.experiments.common import as_passages, site_tuple, token_direction, unembedding
 from writelens.experiments.options import InstallOptions
+from writelens.validate import check_int
 
 __all__ = ["InstallOptions", "InstallCell", "InstallResult", "install_steering"]
 
@@ -99,6 +100,18 @@ def _ranks(logits: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def _check_targets(targets, n: int, vocab: int) -> list:
+    """``targets`` as one list of ids for all prompts or one list per prompt, every id in 0..vocab-1."""
+    listed = list(targets)
+    per_prompt = bool(listed) and isinstance(listed[0], (list, tuple))
+    if not listed or (per_prompt and len(listed) != n):
+        raise ExperimentError(f"targets must be one non-empty list of token ids for every prompt or one list per "
+                              f"prompt ({n} lists), got {targets!r}.")
+    groups = listed if per_prompt else [listed]
+    out = [[check_int(t, "install_steering targets", ExperimentError, 0, vocab - 1) for t in g] for g in groups]
+    return out if per_prompt else out[0]
+
+
 @torch.no_grad()
 def install_steering(lens, site, prompts, targets=None, options: InstallOptions | None = None) -> InstallResult:
     """Install target directions at ``site`` in ``prompts`` (token ids [N, T]) and greedy-decode.
@@ -110,8 +123,11 @@ def install_steering(lens, site, prompts, targets=None, options: InstallOptions 
     options = options or InstallOptions()
     started = time.perf_counter()
     layer, head = site_tuple(site)
+    lens.site(layer, head)  # a named error for a layer / head that is not a write site
     ids = as_passages(prompts)
     n, length = ids.shape
+    if targets is not None:
+        targets = _check_targets(targets, n, int(unembedding(lens).shape[0]))
     last = length - 1 - options.end_offset
     if last - options.n_consecutive + 1 < 0:
         raise ExperimentError(f"prompts of {length} tokens cannot hold {options.n_consecutive} install positions ending "

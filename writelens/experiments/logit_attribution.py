@@ -53,6 +53,7 @@ from writelens.experiments.linearise import (
     propagate_delta,
 )
 from writelens.experiments.options import AttributionOptions
+from writelens.validate import check_int, check_number
 
 __all__ = ["AttributionOptions", "AttributionResult", "AttributionStats", "attribution", "NativePoint",
            "native_point", "propagate_delta", "downstream_gradients"]
@@ -145,6 +146,17 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
                           what="logit attribution")
     ids = as_passages(passages)
     n, length = ids.shape
+    atoms = [check_int(a, "attribution atoms", ExperimentError, 0) for a in (
+        [atoms] if isinstance(atoms, int) else list(atoms))]
+    epsilons = [check_number(e, "attribution epsilons", ExperimentError) for e in (
+        [epsilons] if isinstance(epsilons, (int, float)) else list(epsilons))]
+    if not atoms or not epsilons:
+        raise ExperimentError(f"attribution needs at least one atom and one epsilon, got atoms={atoms}, "
+                              f"epsilons={epsilons}.")
+    vocab = int(unembedding(lens).shape[0])
+    if max(options.target_ranks) > vocab:
+        raise ExperimentError(f"AttributionOptions.target_ranks={list(options.target_ranks)}: ranks go up to the "
+                              f"vocabulary size {vocab}.")
     per_h = [list(options.horizons)] * n if horizons is None else [[int(h) for h in hs] for hs in horizons]
     if len(per_h) != n or any(not hs or min(hs) < 0 for hs in per_h):
         raise ExperimentError(f"horizons= must give {n} non-empty lists of horizons >= 0 (one per passage).")
@@ -155,7 +167,10 @@ def attribution(lens, sae, site, passages, atoms, epsilons, options: Attribution
         t0s = [int(t) for t in t0s]
         if len(t0s) != n or any(t < 0 or t + max(hs) > length - 1 for t, hs in zip(t0s, per_h, strict=True)):
             raise ExperimentError(f"t0s= must give {n} positions with t0 + horizon inside the {length} tokens.")
-    elif hi < options.min_t0:
+    elif options.t0 is not None and options.t0 > hi:
+        raise ExperimentError(f"AttributionOptions.t0={options.t0} leaves no room for horizon {hmax} in passages of "
+                              f"{length} tokens (t0 <= {hi}); lower t0 or the horizons, or use longer passages.")
+    elif options.t0 is None and hi < options.min_t0:
         raise ExperimentError(f"passages of {length} tokens are too short for min_t0={options.min_t0} and horizon "
                               f"{hmax}; use longer passages or smaller AttributionOptions.horizons / min_t0.")
     else:

@@ -4,16 +4,81 @@ each experiment module re-exports its own (``from writelens.experiments.replacem
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from writelens.errors import ExperimentError
 from writelens.experiments.base import JsonMixin
+from writelens.validate import check_bool, check_int, check_number
 
-__all__ = ["KLPosition", "KLDirection", "NullEdit", "ReplacementOptions", "AttributionOptions", "InstallOptions"]
+__all__ = ["KLPosition", "KLDirection", "NullEdit", "ReplacementOptions", "AttributionOptions", "InstallOptions",
+           "check_options"]
 
 KLPosition = Literal["last", "next", "mean_from_t"]
 KLDirection = Literal["native_edited", "edited_native"]
 NullEdit = Literal["restore", "zero"]
+
+
+# ---- validation at construction -------------------------------------------------------------------------------
+# Each options class names the range of its numeric fields; ``Literal`` and ``bool`` fields are checked from the type
+# hints. A bad value raises ExperimentError naming ``Class.field`` (the CLI's own option checks come first there).
+
+POS, NONNEG, POS_OR_NONE = ("int", 1, False), ("int", 0, False), ("int", 1, True)
+FINITE_NONNEG = ("num", 0.0)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_options(options: Any, bounds: dict[str, tuple]) -> None:
+    """Check every field of the options dataclass ``options``: Literal fields against their values, bool fields are
+    bools, and the fields named in ``bounds`` (``("int", lo, allow_none)``, ``("num", lo)``, ``("ints", lo)``: a
+    non-empty sequence of ints ≥ lo, ``("nums",)``: a non-empty sequence of finite numbers, ``("nums", True)``: one that
+    may be empty); :class:`ExperimentError`
+    naming the field otherwise. Integer fields are normalised to ``int``."""
+    cls = type(options)
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        name, value, tp = f"{cls.__name__}.{f.name}", getattr(options, f.name), hints.get(f.name)
+        choices = _literal_choices(tp)
+        if choices is not None:
+            if value not in choices or not isinstance(value, (str, type(None))):
+                raise ExperimentError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
+        elif tp is bool:
+            check_bool(value, name, ExperimentError)
+        rule = bounds.get(f.name)
+        if rule is None:
+            continue
+        kind = rule[0]
+        if kind == "int":
+            setattr(options, f.name, check_int(value, name, ExperimentError, rule[1], allow_none=rule[2]))
+        elif kind == "num":
+            check_number(value, name, ExperimentError, rule[1])
+        else:
+            items = list(value) if isinstance(value, (list, tuple)) else None
+            if items is None or (not items and rule[-1] is not True):
+                raise ExperimentError(f"{name} must be a non-empty list, got {value!r}.")
+            if kind == "ints":
+                setattr(options, f.name, type(value)(check_int(v, name, ExperimentError, rule[1]) for v in items))
+            else:
+                for v in items:
+                    check_number(v, name, ExperimentError)
+
+
+def _literal_choices(tp: Any) -> tuple | None:
+    """The values of ``Literal[...]`` (or ``Literal[...] | None``, None included), else None."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    args = typing.get_args(tp)
+    lits = [a for a in args if typing.get_origin(a) is Literal]
+    if lits and type(None) in args:
+        return (*typing.get_args(lits[0]), None)
+    return None
 
 
 @dataclass
@@ -69,6 +134,13 @@ class ReplacementOptions(JsonMixin):
     #: use an SAE recorded for another site / target / model anyway (see writelens.provenance)
     allow_foreign_sae: bool = False
 
+    def __post_init__(self) -> None:
+        check_options(self, {"min_position": NONNEG, "max_firings": POS_OR_NONE, "firings_per_passage": POS_OR_NONE,
+                             "cap_per_atom": POS_OR_NONE, "min_firings_per_atom": NONNEG, "n_bootstrap": NONNEG,
+                             "seed": NONNEG, "batch_rows": POS, "scan_batch": POS, "floor_multiple": FINITE_NONNEG})
+        if self.features is not None:
+            self.features = [check_int(f, "ReplacementOptions.features", ExperimentError, 0) for f in self.features]
+
 
 @dataclass
 class AttributionOptions(JsonMixin):
@@ -95,6 +167,10 @@ class AttributionOptions(JsonMixin):
     #: use an SAE recorded for another site / target / model anyway (see writelens.provenance)
     allow_foreign_sae: bool = False
 
+    def __post_init__(self) -> None:
+        check_options(self, {"t0": ("int", 0, True), "min_t0": NONNEG, "horizons": ("ints", 0),
+                             "target_ranks": ("ints", 1), "seed": NONNEG, "batch_rows": POS, "scan_batch": POS})
+
 
 @dataclass
 class InstallOptions(JsonMixin):
@@ -119,3 +195,20 @@ class InstallOptions(JsonMixin):
     seed: int = 2026
     batch_rows: int = 64
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_options(self, {"targets_per_stratum": POS, "magnitudes": ("nums",), "n_consecutive": POS,
+                             "end_offset": NONNEG, "max_new_tokens": POS, "seed": NONNEG, "batch_rows": POS})
+        strata = list(self.strata) if isinstance(self.strata, (list, tuple)) else None
+        if not strata or any(not isinstance(b, (list, tuple)) or len(b) != 2 for b in strata):
+            raise ExperimentError(f"InstallOptions.strata must be a non-empty list of rank bins (lo, hi), got "
+                                  f"{self.strata!r}.")
+        self.strata = tuple((check_int(lo, "InstallOptions.strata lo", ExperimentError, 1),
+                             check_int(hi, "InstallOptions.strata hi", ExperimentError, 1)) for lo, hi in strata)
+        bad = [b for b in self.strata if b[1] <= b[0]]
+        if bad:
+            raise ExperimentError(f"InstallOptions.strata: each rank bin (lo, hi) needs 1 <= lo < hi (rank 1 is the "
+                                  f"argmax), got {bad[0]}.")
+        if self.key_side == "next_query" and self.end_offset < 1:
+            raise ExperimentError("InstallOptions.key_side='next_query' needs end_offset >= 1 (the query after the last "
+                                  "install position must be in the prompt).")

@@ -282,6 +282,10 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
                           what="replacement")
     if options.baseline == "flat_svd" and flat_sae is None:
         raise ExperimentError("baseline='flat_svd' needs flat_sae= (a FlatSAE trained on the same site).")
+    wrong = [f for f in options.features or [] if f >= sae.cfg.n_features]
+    if wrong:
+        raise ExperimentError(f"ReplacementOptions.features names {wrong}, but the SAE has {sae.cfg.n_features} "
+                              f"features (0..{sae.cfg.n_features - 1}).")
     ids = as_passages(passages)
     n, length = ids.shape
     scan = scan_site(lens, sae, (layer, head), ids, min_position=options.min_position, batch_size=options.scan_batch,

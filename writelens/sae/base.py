@@ -20,12 +20,14 @@ from writelens.errors import SAEConfigError, SAEInputError
 from writelens.sae.activations import Selection, build_activation
 from writelens.sae.config import Objective, SAEConfig
 from writelens.sae.files import save_sae
-from writelens.sae.finite import check_finite_rows
+from writelens.sae.finite import as_real_tensor, check_finite_rows
 from writelens.sae.objectives import weighted_squared_error
 from writelens.sae.outputs import Atoms, SAELosses, SAEOutput, SparseCodes
-from writelens.sae.sparse import gather_features
+from writelens.sae.sparse import check_sparse_codes, gather_features
+from writelens.validate import as_int
 
 SHARED_BUFFERS = ("activation.threshold_updates",)
+
 
 #: ``from_pretrained`` and ``push_to_hub`` of :mod:`writelens.sae.io`, handed down when io is imported (the package
 #: ``writelens.sae`` imports it before handing out any SAE class): this module stays below io and the registry.
@@ -126,6 +128,7 @@ class SAE(nn.Module):
         return tensor if self.stacked else tensor.unsqueeze(0)
 
     def _to_heads(self, states: Tensor) -> tuple[torch.Size, Float[Tensor, "H B dk dv"]]:
+        states = as_real_tensor(states, "states")
         tail = (*self.head_shape, self.cfg.d_k, self.cfg.d_v)
         if tuple(states.shape[-len(tail) :]) != tail or states.dim() < len(tail):
             raise SAEInputError(
@@ -137,6 +140,9 @@ class SAE(nn.Module):
         return lead, flat.transpose(0, 1) if self.stacked else flat.unsqueeze(0)
 
     def _codes_to_heads(self, codes: Tensor) -> tuple[torch.Size, Float[Tensor, "H B F"]]:
+        codes = as_real_tensor(codes, "codes")
+        check_finite_rows(codes.reshape(-1, codes.shape[-1]) if codes.dim() else codes.reshape(1, 1), "the codes "
+                          "given to decode", "drop or repair those rows first")
         tail = (*self.head_shape, self.cfg.n_features)
         if tuple(codes.shape[-len(tail) :]) != tail:
             raise SAEInputError(f"expected codes shaped [..., {', '.join(map(str, tail))}], got {tuple(codes.shape)}.")
@@ -197,6 +203,7 @@ class SAE(nn.Module):
 
     def decode_sparse(self, codes: SparseCodes) -> Float[Tensor, "... dk dv"]:
         """States ``[..., (H), d_k, d_v]`` from :class:`SparseCodes` (bias and mean included)."""
+        check_sparse_codes(codes, self.cfg.n_features)
         lead, values = self._codes_to_heads_sparse(codes.values)
         _, indices = self._codes_to_heads_sparse(codes.indices)
         return self._from_heads(lead, self._decode(values, indices) + self._output_offset()[:, None])
@@ -293,7 +300,13 @@ class SAE(nn.Module):
         """Unit-norm factors of the given atoms (``head`` required for a stacked SAE)."""
         if self.stacked and head is None:
             raise SAEInputError("this SAE is stacked (n_heads set): pass head= to atoms().")
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.b_enc.device).reshape(-1)
+        if head is not None and not 0 <= as_int(head, "atoms(head=)", SAEInputError) < self.cfg.heads:
+            raise SAEInputError(f"atoms(head={head}): this SAE holds {self.cfg.heads} head(s) (0..{self.cfg.heads - 1})"
+                                + ("" if self.stacked else "; a single-head SAE takes head=None") + ".")
+        raw = torch.as_tensor(indices)
+        if raw.dtype.is_floating_point or raw.dtype.is_complex or raw.dtype == torch.bool:
+            raise SAEInputError(f"feature indices must be integers, got {raw.tolist() if raw.numel() < 9 else raw.dtype}.")
+        idx = raw.to(dtype=torch.long, device=self.b_enc.device).reshape(-1)
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.cfg.n_features):
             raise SAEInputError(f"feature indices must be in [0, {self.cfg.n_features}), got {idx.tolist()[:8]}.")
         key, value = self._atom_factors(head or 0, idx)
@@ -326,6 +339,10 @@ class SAE(nn.Module):
         """Store the mean state subtracted before encoding (``cfg.center=True`` only)."""
         if not self.cfg.center:
             raise SAEInputError("set_mean needs an SAE built with center=True.")
+        mean = as_real_tensor(mean, "mean")
+        if tuple(mean.shape) != tuple(self.mean.shape) or not bool(torch.isfinite(mean).all()):
+            raise SAEInputError(f"set_mean: the mean is {tuple(mean.shape)} (finite: {bool(torch.isfinite(mean).all())}) "
+                                f"but this SAE stores a finite {tuple(self.mean.shape)} (not broadcast; no NaN or inf).")
         self.mean.copy_(mean.to(self.mean))
 
     def dead_mask(self, window: int = Objective.dead_window) -> Bool[Tensor, "*H F"]:
@@ -338,6 +355,10 @@ class SAE(nn.Module):
         """The single-head SAE of head ``index`` of a stacked SAE (a copy)."""
         if not self.stacked:
             raise SAEInputError("head() needs a stacked SAE (n_heads set).")
+        index = as_int(index, "head()", SAEInputError)
+        if not 0 <= index < self.cfg.n_heads:
+            raise SAEInputError(f"head({index}): this stacked SAE holds heads 0..{self.cfg.n_heads - 1} (negative "
+                                "indices are not counted from the end).")
         single = type(self)(self.cfg.replace(n_heads=None), seed=0).to(self.b_dec)
         state = {
             name: tensor if name in SHARED_BUFFERS else tensor[index]
@@ -349,6 +370,9 @@ class SAE(nn.Module):
     @classmethod
     def stack(cls, saes: list[SAE]) -> SAE:
         """One stacked SAE holding several single-head SAEs of identical config (in order)."""
+        saes = list(saes)
+        if not saes or not all(isinstance(s, SAE) for s in saes):
+            raise SAEInputError("stack() needs a non-empty list of single-head SAEs.")
         first = saes[0]
         if any(s.cfg.replace(metadata={}) != first.cfg.replace(metadata={}) or s.stacked for s in saes):
             raise SAEInputError("stack() needs single-head SAEs with identical configs.")

@@ -9,6 +9,7 @@ reading the weights. Training-only knobs (learning rate, AuxK weight, ...) live 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -66,8 +67,24 @@ class SAEConfig:
         """Raise :class:`SAEConfigError` naming the bad field and a valid choice."""
         for name in ("d_k", "d_v", "n_features", "rank", "k"):
             value = getattr(self, name)
+            if type(value).__name__.startswith(("int", "uint")) and hasattr(value, "item"):  # a numpy integer
+                value = value.item()
+                setattr(self, name, value)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SAEConfigError(f"SAEConfig.{name} must be a positive int, got {value!r}.")
+        for name in ("tied", "center"):
+            if not isinstance(getattr(self, name), bool):
+                raise SAEConfigError(f"SAEConfig.{name} must be True or False, got {getattr(self, name)!r} (a string "
+                                     "such as 'no' would count as True).")
+        if not isinstance(self.architecture, str):
+            raise SAEConfigError(f"SAEConfig.architecture must be a name such as 'bilinear', got {self.architecture!r}.")
+        if not isinstance(self.metadata, dict):
+            raise SAEConfigError(f"SAEConfig.metadata must be a dict (provenance: model, layer, head, ...), got "
+                                 f"{type(self.metadata).__name__}.")
+        for name in ("jumprelu_bandwidth", "jumprelu_init_threshold", "batchtopk_threshold_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SAEConfigError(f"SAEConfig.{name} must be a finite number, got {value!r}.")
         if self.activation not in ACTIVATIONS:
             raise SAEConfigError(
                 f"SAEConfig.activation={self.activation!r} is unknown; use one of {ACTIVATIONS}."
@@ -81,7 +98,8 @@ class SAEConfig:
                 f"SAEConfig.rank={self.rank} exceeds min(d_k, d_v)={min(self.d_k, self.d_v)}; atoms cannot "
                 "have that rank."
             )
-        if self.n_heads is not None and (not isinstance(self.n_heads, int) or self.n_heads < 1):
+        bad_heads = not isinstance(self.n_heads, int) or isinstance(self.n_heads, bool) or self.n_heads < 1
+        if self.n_heads is not None and bad_heads:
             raise SAEConfigError(f"SAEConfig.n_heads must be None or a positive int, got {self.n_heads!r}.")
         if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
             raise SAEConfigError("SAEConfig.jumprelu_bandwidth and jumprelu_init_threshold must be > 0.")

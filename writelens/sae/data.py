@@ -143,8 +143,14 @@ class StateDataset:
         """An in-memory dataset: ``states [N, d_k, d_v]`` or ``[N, H, d_k, d_v]`` (stacked heads).
 
         ``seq_ids`` (default: every row its own sequence) groups rows for the train/val split."""
+        if not isinstance(states, Tensor):
+            raise SAEConfigError(f"states must be a tensor [N, d_k, d_v] or [N, H, d_k, d_v], got {type(states).__name__}.")
         if states.dim() not in (3, 4):
             raise SAEConfigError(f"states must be [N, d_k, d_v] or [N, H, d_k, d_v], got {tuple(states.shape)}.")
+        if states.shape[0] == 0:
+            raise SAEConfigError("states holds no rows (N = 0); pass at least one state to train on.")
+        if not states.is_floating_point():
+            raise SAEConfigError(f"states have dtype {states.dtype}; pass float states (e.g. states.float()).")
         seq_ids = torch.arange(states.shape[0]) if seq_ids is None else seq_ids.long().reshape(-1)
         if seq_ids.shape[0] != states.shape[0]:
             raise SAEConfigError(f"{seq_ids.shape[0]} seq_ids for {states.shape[0]} states.")

@@ -1,13 +1,16 @@
-"""Finiteness checks with messages that name the offending rows (training data, SAE inputs, weights)."""
+"""Finiteness checks with messages that name the offending rows (training data, SAE inputs, weights), and the dtype
+check of tensors given to an SAE."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from writelens.errors import NonFiniteError
+from writelens.errors import NonFiniteError, SAEInputError
 
-__all__ = ["check_finite_rows", "check_finite_tensors"]
+__all__ = ["as_real_tensor", "check_finite_rows", "check_finite_tensors"]
 
 
 def check_finite_rows(rows: Tensor, what: str, fix: str) -> None:
@@ -30,3 +33,15 @@ def check_finite_tensors(tensors: dict[str, Tensor], source: str, fix: str) -> N
     bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise NonFiniteError(f"{source}: tensors {bad} hold NaN or inf; {fix}.")
+
+
+def as_real_tensor(x: Any, what: str) -> Tensor:
+    """``x`` as a tensor (numpy arrays and nested lists are converted) of a real dtype: complex and bool inputs
+    raise :class:`SAEInputError` (complex would drop its imaginary part, bool is not a state)."""
+    try:
+        t = x if isinstance(x, Tensor) else torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise SAEInputError(f"the {what} must be a tensor, got {type(x).__name__} ({err}).") from None
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise SAEInputError(f"the {what} have dtype {t.dtype}; pass real-valued (float) {what}.")
+    return t

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from writelens.errors import CheckpointError
+from writelens.errors import CheckpointError, SAEConfigError
 from writelens.sae.base import PERSISTENCE, SAE
 from writelens.sae.files import (
     CONFIG_FILE,
@@ -33,6 +33,7 @@ from writelens.sae.files import (
 )
 from writelens.sae.reference import load_reference_sae
 from writelens.sae.registry import build_sae
+from writelens.validate import check_device, check_float_dtype
 
 __all__ = [
     "CONFIG_FILE",
@@ -51,6 +52,8 @@ __all__ = [
 
 def load_sae(directory: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> SAE:
     """Rebuild the SAE saved in ``directory`` (``cfg.json`` + ``sae_weights.safetensors``), in eval mode."""
+    check_device(device if isinstance(device, str) else str(device), "load_sae device")
+    dtype = check_float_dtype(dtype, "load_sae dtype", SAEConfigError, allow_none=True)
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a folder. Pass the folder sae.save() wrote.")

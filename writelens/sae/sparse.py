@@ -165,3 +165,19 @@ def flat_decode(
         mode="sum",
     )
     return out.reshape(n_heads, batch, dim)
+
+
+def check_sparse_codes(codes, n_features: int) -> None:
+    """:class:`SAEInputError` unless ``codes`` (:class:`SparseCodes`) has values and indices of one shape and integer
+    indices in ``[0, n_features)``."""
+    from writelens.errors import SAEInputError
+
+    if tuple(codes.values.shape) != tuple(codes.indices.shape):
+        raise SAEInputError(f"SparseCodes values {tuple(codes.values.shape)} and indices {tuple(codes.indices.shape)} "
+                            "differ in shape; pass the pair encode_sparse returned.")
+    idx = codes.indices
+    if idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        raise SAEInputError(f"SparseCodes indices have dtype {idx.dtype}; feature indices are integers.")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_features):
+        raise SAEInputError(f"SparseCodes indices must be in [0, {n_features}) (this SAE's features), got "
+                            f"{int(idx.min())}..{int(idx.max())}.")

@@ -44,6 +44,7 @@ from writelens.sae.metrics import EvalMetrics, evaluate_sae
 from writelens.sae.objectives import ReadMetric, training_weighting
 from writelens.sae.resample import resample_dead_features
 from writelens.sae.train_config import TrainConfig
+from writelens.validate import check_device
 
 RESUMABLE_CHANGES = {"progress", "device", "wandb_project", "eval_batch_size"}
 
@@ -65,11 +66,12 @@ class TrainResult:
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Linear warmup over ``warmup_steps`` (never 0), then cosine decay to ``lr_min`` at the last step."""
+    """Linear warmup over ``warmup_steps`` (never 0), then cosine decay to ``min(lr_min, lr)`` at the last step."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(total_steps - 1 - cfg.warmup_steps, 1)
-    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    floor = min(cfg.lr_min, cfg.lr)  # an lr_min above lr would make the "decay" rise above the lr asked for
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _make_adam(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -86,6 +88,14 @@ class Trainer:
                  val_data: StateDataset | None = None, out_dir: str | Path | None = None, resume: bool = True,
                  callbacks: Sequence[Callable[[Trainer], None]] = (), read_metric: ReadMetric | None = None) -> None:
         self.cfg = cfg = cfg or TrainConfig()
+        if not isinstance(cfg, TrainConfig):
+            raise SAEConfigError(f"cfg must be a TrainConfig, got {type(cfg).__name__}.")
+        if isinstance(train_data, torch.Tensor):
+            train_data = StateDataset.from_tensor(train_data)  # a tensor of states is accepted as in-memory data
+        if not isinstance(train_data, StateDataset):
+            raise SAEConfigError(f"train_data must be a StateDataset (or a tensor of states [N, d_k, d_v]), got "
+                                 f"{type(train_data).__name__}; use StateDataset.from_shards / from_tensor.")
+        check_device(cfg.device, "TrainConfig.device")
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
@@ -373,7 +383,8 @@ class Trainer:
 def train_sae(sae: SAE, train_data: StateDataset, cfg: TrainConfig | None = None, *, val_data: StateDataset | None = None,
               out_dir: str | Path | None = None, resume: bool = True,
               callbacks: Sequence[Callable[[Trainer], None]] = (), read_metric: ReadMetric | None = None) -> TrainResult:
-    """Train ``sae`` on ``train_data`` (see :class:`Trainer`); resumes from ``out_dir`` when it holds a run.
+    """Train ``sae`` on ``train_data`` (a :class:`StateDataset`, or a tensor of states ``[N, (H,) d_k, d_v]`` wrapped
+    with ``StateDataset.from_tensor``; see :class:`Trainer`); resumes from ``out_dir`` when it holds a run.
     ``read_metric``: the heads' query second moment, for ``cfg.read_weight > 0``."""
     return Trainer(sae, train_data, cfg, val_data=val_data, out_dir=out_dir, resume=resume, callbacks=callbacks,
                    read_metric=read_metric).run()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from writelens.errors import CheckpointError
+from writelens.errors import CheckpointError, SAEConfigError
 from writelens.sae.config import Objective
 
 __all__ = ["TrainConfig"]
@@ -17,7 +17,8 @@ class TrainConfig:
     """Everything a training run depends on (saved as ``train_cfg.json`` and in every checkpoint).
 
     Attributes:
-        lr, lr_min: peak learning rate and the floor of the cosine decay.
+        lr, lr_min: peak learning rate and the floor of the cosine decay (an lr_min above lr is capped at lr: the
+            schedule never rises above the lr asked for).
         warmup_steps: linear warmup from lr/warmup to lr (then cosine to ``lr_min`` at the last step).
         batch_size: global batch (split evenly across DDP ranks).
         steps / epochs: length of the run (``steps`` wins; default 20 epochs of the training split).
@@ -77,6 +78,42 @@ class TrainConfig:
     device: str = "cpu"
     wandb_project: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`~writelens.errors.SAEConfigError` naming the first field outside its range (the ranges of
+        ``writelens train``'s options: counts ≥ 1, rates > 0 and finite, shares in [0, 1], Adam betas in [0, 1))."""
+        from writelens.validate import check_bool, check_int, check_number
+
+        err, name = SAEConfigError, lambda f: f"TrainConfig.{f}"
+        for f in ("batch_size", "log_every", "keep_checkpoints", "dead_window", "eval_batch_size"):
+            setattr(self, f, check_int(getattr(self, f), name(f), err, 1))
+        for f in ("steps", "eval_every", "checkpoint_every"):
+            setattr(self, f, check_int(getattr(self, f), name(f), err, 1, allow_none=True))
+        for f in ("warmup_steps", "k_aux", "renorm_every", "seed"):
+            setattr(self, f, check_int(getattr(self, f), name(f), err, 0))
+        self.resample_every = check_int(self.resample_every, name("resample_every"), err, 0, allow_none=True)
+        self.lr = check_number(self.lr, name("lr"), err, 0, lo_open=True)
+        self.lr_min = check_number(self.lr_min, name("lr_min"), err, 0)
+        self.epochs = check_number(self.epochs, name("epochs"), err, 0, lo_open=True, allow_none=True)
+        self.val_fraction = check_number(self.val_fraction, name("val_fraction"), err, 0, 1, hi_open=True)
+        for f in ("lambda_aux", "lambda_sparsity"):
+            setattr(self, f, check_number(getattr(self, f), name(f), err, 0))
+        self.dense_threshold = check_number(self.dense_threshold, name("dense_threshold"), err, 0, 1, lo_open=True,
+                                            allow_none=True)
+        self.encoder_bias_init = check_number(self.encoder_bias_init, name("encoder_bias_init"), err)
+        self.read_weight = check_number(self.read_weight, name("read_weight"), err, 0, 1)
+        self.adam_eps = check_number(self.adam_eps, name("adam_eps"), err, 0, lo_open=True)
+        betas = tuple(self.adam_betas) if isinstance(self.adam_betas, (tuple, list)) else None
+        if betas is None or len(betas) != 2:
+            raise err(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}.")
+        self.adam_betas = tuple(check_number(b, name("adam_betas"), err, 0, 1, hi_open=True) for b in betas)
+        for f in ("project_decoder_grads", "init_from_data", "progress"):
+            check_bool(getattr(self, f), name(f), err)
+        if not isinstance(self.device, str):
+            raise err(f"TrainConfig.device must be a device string such as 'cpu' or 'cuda', got {self.device!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "adam_betas": list(self.adam_betas)}

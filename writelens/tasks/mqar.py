@@ -24,6 +24,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from writelens.errors import TaskConfigError
+from writelens.validate import check_int
 
 PAD, BOS, EOS = 0, 1, 2
 N_SPECIAL = 3
@@ -53,12 +54,22 @@ class MQARConfig:
     max_gap: int = 8
 
     def __post_init__(self) -> None:
+        for name in ("n_keys", "n_values", "n_distractors", "seq_len", "max_gap"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TaskConfigError(f"MQARConfig.{name} must be an int, got {value!r}.")
+        q = self.query_frac
+        if isinstance(q, bool) or not isinstance(q, (int, float)):
+            raise TaskConfigError(f"MQARConfig.query_frac must be a number in (0, 1], got {q!r}.")
         if min(self.n_keys, self.n_values) < 2 or self.n_distractors < 0:
             raise TaskConfigError(f"MQARConfig needs n_keys, n_values ≥ 2 and n_distractors ≥ 0 (got {self}).")
         if not 0 < self.query_frac <= 1:
             raise TaskConfigError(f"query_frac must lie in (0, 1] (got {self.query_frac}).")
         if self.max_gap < 0 or (self.max_gap > 0 and self.n_distractors == 0):
             raise TaskConfigError("max_gap must be ≥ 0, and > 0 only with n_distractors > 0.")
+        if self.seq_len < self.length_needed(1):
+            raise TaskConfigError(f"seq_len={self.seq_len} cannot hold one key–value pair and its query (BOS + pair + "
+                                  f"query + answer = {self.length_needed(1)} tokens); raise seq_len.")
 
     @property
     def vocab_size(self) -> int:
@@ -96,7 +107,16 @@ class MQARConfig:
 
     @classmethod
     def from_json(cls, text: str) -> MQARConfig:
-        return cls(**json.loads(text))
+        """Rebuild from :meth:`to_json`; text that is not such an object raises :class:`TaskConfigError`."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as err:
+            raise TaskConfigError(f"not an MQARConfig JSON object ({err}); pass the text MQARConfig.to_json() wrote.") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) - known:
+            extra = sorted(set(data) - known) if isinstance(data, dict) else type(data).__name__
+            raise TaskConfigError(f"not an MQARConfig JSON object (unexpected {extra}); its fields are {sorted(known)}.")
+        return cls(**data)
 
 
 class MQARBatch(NamedTuple):
@@ -134,6 +154,8 @@ class MQARBatch(NamedTuple):
 
 def make_batch(cfg: MQARConfig, batch: int, n_pairs: int, generator: torch.Generator) -> MQARBatch:
     """``batch`` seeded passages with ``n_pairs`` pairs each (see the module docstring for the layout)."""
+    batch = check_int(batch, "make_batch batch", TaskConfigError, 0)
+    n_pairs = check_int(n_pairs, "n_pairs", TaskConfigError)
     if not 1 <= n_pairs <= cfg.max_pairs():
         raise TaskConfigError(
             f"n_pairs={n_pairs} does not fit: this MQARConfig allows 1..{cfg.max_pairs()} pairs "
@@ -170,6 +192,8 @@ def make_batch(cfg: MQARConfig, batch: int, n_pairs: int, generator: torch.Gener
 def training_batch(cfg: MQARConfig, batch: int, pair_counts: tuple[int, ...], generator: torch.Generator
                    ) -> tuple[Int[Tensor, "B T"], Int[Tensor, "B T"]]:
     """Ids and labels of a training step whose rows mix the pair counts ``pair_counts`` (equal shares)."""
+    if not pair_counts or check_int(batch, "training_batch batch", TaskConfigError, 1) < 1:
+        raise TaskConfigError(f"training_batch needs at least one pair count, got pair_counts={pair_counts!r}.")
     per = [batch // len(pair_counts) + (i < batch % len(pair_counts)) for i in range(len(pair_counts))]
     parts = [make_batch(cfg, m, n, generator) for m, n in zip(per, pair_counts, strict=True) if m]
     return torch.cat([p.ids for p in parts]), torch.cat([p.labels for p in parts])
@@ -181,6 +205,17 @@ def counterfactual(b: MQARBatch, pair: int | Int[Tensor, " B"], new_values: Int[
     do not occur in their passage (:func:`unused_values`)."""
     rows = torch.arange(len(b.ids))
     pair_t = torch.as_tensor(pair).expand(len(rows)) if torch.as_tensor(pair).ndim == 0 else torch.as_tensor(pair)
+    new_values = torch.as_tensor(new_values)
+    if pair_t.shape != rows.shape or pair_t.dtype.is_floating_point or not bool(
+            ((pair_t >= 0) & (pair_t < b.n_pairs)).all()):
+        raise TaskConfigError(f"counterfactual: pair must be one index in 0..{b.n_pairs - 1} or one per row "
+                              f"({len(rows)}), got {pair!r}.")
+    if new_values.shape != rows.shape:
+        raise TaskConfigError(f"counterfactual: new_values must hold one value token per row ({len(rows)}), got shape "
+                              f"{tuple(new_values.shape)}; draw them with unused_values.")
+    if bool((new_values < N_SPECIAL).any()) or bool((b.keys == new_values[:, None]).any()):
+        raise TaskConfigError(f"counterfactual: new_values {new_values.tolist()} holds a special token or a key of its "
+                              "passage; pass value tokens (cfg.value_ids), e.g. from unused_values.")
     values = b.values.clone()
     if bool((values == new_values[:, None]).any()):
         raise TaskConfigError("counterfactual: a new value already occurs in its passage; pick an unused value.")

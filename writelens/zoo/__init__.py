@@ -143,8 +143,12 @@ def load(
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.float32 if dtype is None else dtype
+    from ..errors import InputError
+    from ..validate import check_device, check_float_dtype
+
+    dtype = torch.float32 if dtype is None else check_float_dtype(dtype, "zoo.load dtype", InputError)
     e = entry(name)
+    check_device(device if isinstance(device, str) else str(device), "zoo.load device")
     loader = AutoModelForCausalLM if e.module == "transformers" else e.model_cls()
     folder = path(name)
     model = loader.from_pretrained(str(folder), dtype=dtype).to(device).eval()
@@ -182,7 +186,10 @@ def sae_path(name: str, layer: int, head: int) -> Path:
     Raises :class:`~writelens.errors.ZooModelNotFoundError` (a ``KeyError``) naming the shipped sites when there
     is none for that site.
     """
-    folder = path(name) / "saes" / f"L{int(layer)}H{int(head)}"
+    from ..validate import as_int
+
+    layer, head = as_int(layer, "layer", ZooModelNotFoundError), as_int(head, "head", ZooModelNotFoundError)
+    folder = path(name) / "saes" / f"L{layer}H{head}"
     if not (folder / "cfg.json").is_file():
         shipped = ", ".join(f"(layer {a}, head {b})" for a, b in saes(name)) or "none"
         raise ZooModelNotFoundError(
@@ -211,9 +218,12 @@ def random_init(name: str, layers: int | None = None, seed: int = 0, dtype: Any 
     layers (see :func:`writelens.zoo.random_init.random_init`; names: :func:`real_configs`)."""
     import torch
 
+    from ..errors import InputError
+    from ..validate import check_float_dtype
     from .real import random_init as build
 
-    return build(name, layers=layers, seed=seed, dtype=torch.float32 if dtype is None else dtype, overrides=overrides)
+    dtype = torch.float32 if dtype is None else check_float_dtype(dtype, "zoo.random_init dtype", InputError)
+    return build(name, layers=layers, seed=seed, dtype=dtype, overrides=overrides)
 
 
 def real_configs() -> dict[str, str]:

@@ -62,6 +62,12 @@ class RealConfig:
         if self.full_attention_interval:
             k = self.full_attention_interval
             values["layer_types"] = ["full_attention" if (i + 1) % k == 0 else "linear_attention" for i in range(n)]
+        if overrides is not None and not isinstance(overrides, dict):
+            raise InputError(f"overrides must be a dict of config fields, got {type(overrides).__name__}.")
+        unknown = sorted(k for k in (overrides or {}) if k not in values and not hasattr(cls(), k))
+        if unknown:
+            raise InputError(f"overrides {unknown} are not fields of {cls.__name__} (a typo would be ignored by the "
+                             "config); pass fields the config has, e.g. {'vocab_size': 1024}.")
         values.update(overrides or {})
         return cls(**values)
 
@@ -73,11 +79,10 @@ def real_configs() -> dict[str, str]:
 
 def real_config(name: str) -> RealConfig:
     """The shipped config ``name`` (see :func:`real_configs`); :class:`ZooModelNotFoundError` if unknown."""
-    path = CONFIG_DIR / f"{name}.json"
-    if not isinstance(name, str) or "/" in name or not path.is_file():
+    if not isinstance(name, str) or "/" in name or not (CONFIG_DIR / f"{name}.json").is_file():
         raise ZooModelNotFoundError(f"{name!r} is not a shipped real config; valid names: "
                                     f"{', '.join(real_configs())} (writelens.zoo.real_configs()).")
-    return RealConfig(**json.loads(path.read_text()))
+    return RealConfig(**json.loads((CONFIG_DIR / f"{name}.json").read_text()))
 
 
 def random_init(name: str, layers: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -89,6 +94,9 @@ def random_init(name: str, layers: int | None = None, seed: int = 0, dtype: torc
 
     Memory: the parameters alone are ``4 × n_params`` bytes in float32 (``qwen3.5-0.8b`` full depth ≈ 3.0 GB;
     ``mamba2-default`` ≈ 11 GB, so slice it)."""
+    from writelens.validate import check_float_dtype
+
+    dtype = check_float_dtype(dtype, "random_init dtype", InputError)
     real = real_config(name)
     config = real.build_config(layers, overrides)
     cls = real._resolve(real.model_class)

@@ -63,12 +63,15 @@ def passages(
         a ``torch.long`` tensor ``[n, n_tokens]`` (each row starts at a verse start), or ``n`` strings.
 
     Raises:
-        ValueError: the source holds fewer than ``n`` disjoint windows of ``n_tokens``.
+        InputError (a ``ValueError``): the source holds fewer than ``n`` disjoint windows of ``n_tokens``, or ``n`` /
+            ``n_tokens`` is not an integer >= 1.
     """
+    from writelens.errors import InputError
+    from writelens.validate import check_int
+
     if source not in ("heldout", "train"):
-        raise ValueError(f"source must be 'heldout' or 'train', got {source!r}")
-    if n < 1 or n_tokens < 1:
-        raise ValueError(f"n and n_tokens must be positive, got n={n}, n_tokens={n_tokens}")
+        raise InputError(f"source must be 'heldout' or 'train', got {source!r}.")
+    n, n_tokens = check_int(n, "n", InputError, 1), check_int(n_tokens, "n_tokens", InputError, 1)
     tok = tokenizer if tokenizer is not None else _default_tokenizer()
     ids, starts = _stream(source, tok)
     starts = starts[starts + n_tokens <= len(ids)]
@@ -82,7 +85,7 @@ def passages(
             if len(chosen) == n:
                 break
     if len(chosen) < n:
-        raise ValueError(
+        raise InputError(
             f"the {source} text ({len(ids):,} tokens) holds only {len(chosen)} disjoint passages of "
             f"{n_tokens} tokens; ask for fewer or shorter ones"
         )
