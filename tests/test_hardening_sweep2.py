@@ -224,6 +224,9 @@ CASES = [
      E.TaskConfigError, "0..2"),
     ("counterfactual a special token", lambda c: mqar.counterfactual(mqar.make_batch(mqar.MQARConfig(), 2, 3, _gen()), 0, torch.tensor([0, 1])),
      E.TaskConfigError, "special token"),
+    ("counterfactual a distractor token given the task", lambda c: mqar.counterfactual(
+        mqar.make_batch(mqar.MQARConfig(), 2, 3, _gen()), 0, torch.tensor([mqar.MQARConfig().value_ids.stop] * 2),
+        mqar.MQARConfig()), E.TaskConfigError, "not all value tokens of this task"),
 ]
 
 

@@ -120,7 +120,7 @@ def transplant(lens, task: MQARConfig, cells: list[tuple[int, int, int]],
     rows = torch.arange(len(b.ids))
     tp = target_pair(b)
     v_new = b.values[rows, tp]  # the transplanted value V
-    c = counterfactual(b, tp, unused_values(task, b, gen))
+    c = counterfactual(b, tp, unused_values(task, b, gen), task)
     v_old = c.values[rows, tp]  # the passage's own value V′
     foreign = _write_factors(lens, b, cells)
     res = TransplantResult(o, list(cells), *_answers(lens, c, [], v_new, v_old)[:2])

@@ -199,10 +199,13 @@ def training_batch(cfg: MQARConfig, batch: int, pair_counts: tuple[int, ...], ge
     return torch.cat([p.ids for p in parts]), torch.cat([p.labels for p in parts])
 
 
-def counterfactual(b: MQARBatch, pair: int | Int[Tensor, " B"], new_values: Int[Tensor, " B"]) -> MQARBatch:
+def counterfactual(b: MQARBatch, pair: int | Int[Tensor, " B"], new_values: Int[Tensor, " B"],
+                   cfg: MQARConfig | None = None) -> MQARBatch:
     """The same passages with pair ``pair`` (one index, or one per row) re-paired: its key now holds ``new_values``
     (the value token and every answer to that key change; nothing else does). ``new_values`` must be values that
-    do not occur in their passage (:func:`unused_values`)."""
+    do not occur in their passage (:func:`unused_values`). With ``cfg`` (the batch's task) each must also be one of
+    its value tokens; without it only special tokens and the passage's own keys are refused (a batch does not
+    carry its vocabulary), so pass ``cfg`` whenever new values come from anywhere but :func:`unused_values`."""
     rows = torch.arange(len(b.ids))
     pair_t = torch.as_tensor(pair).expand(len(rows)) if torch.as_tensor(pair).ndim == 0 else torch.as_tensor(pair)
     new_values = torch.as_tensor(new_values)
@@ -216,6 +219,9 @@ def counterfactual(b: MQARBatch, pair: int | Int[Tensor, " B"], new_values: Int[
     if bool((new_values < N_SPECIAL).any()) or bool((b.keys == new_values[:, None]).any()):
         raise TaskConfigError(f"counterfactual: new_values {new_values.tolist()} holds a special token or a key of its "
                               "passage; pass value tokens (cfg.value_ids), e.g. from unused_values.")
+    if cfg is not None and not bool(((new_values >= cfg.value_ids.start) & (new_values < cfg.value_ids.stop)).all()):
+        raise TaskConfigError(f"counterfactual: new_values {new_values.tolist()} are not all value tokens of this task "
+                              f"({cfg.value_ids.start}..{cfg.value_ids.stop - 1}); draw them with unused_values.")
     values = b.values.clone()
     if bool((values == new_values[:, None]).any()):
         raise TaskConfigError("counterfactual: a new value already occurs in its passage; pick an unused value.")
