@@ -59,9 +59,9 @@ def test_transplant_moves_the_pair(organism):
     cells = [tuple(c) for c in recorded["located"]]
     r = transplant(lens, task, cells, TransplantOptions(n_passages=32, magnitudes=(0.0, 1.0), seed=7))
     assert r.native_new_answer_rate <= 0.1 and r.native_old_answer_rate >= 0.9
-    # RWKV-7 misses the install bar (docs "Known answers": the foreign value along the passage's own key is not read
-    # as V there, at any magnitude); its figure is recorded, not asserted
-    for mode in ("replace",) if name.startswith("rwkv7") else ("replace", "install"):
+    # install orients the foreign value against the passage's own key (on RWKV-7 the two keys point opposite ways in
+    # about half the passages; unoriented, install reached V in 0.20 of them)
+    for mode in ("replace", "install"):
         assert r.best(mode, 1.0).new_answer_rate >= 0.9, (name, mode)
         assert r.best(mode, 1.0).other_recall >= 0.9
     # magnitude 0: replace = delete of the native V′ write, add = nothing; neither answers V
@@ -86,6 +86,5 @@ def test_recorded_table_matches_its_rows(organism):
     res = KnownAnswers.from_dict(recorded["result"])
     assert res.table() == recorded["table"] and res.passes == recorded["passes"]
     misses = [r.figure for r in res.rows if not r.passes]
-    documented = ("random control of equal norm (write)",) if name.startswith("mamba2") else (
-        ("after install",) if name.startswith("rwkv7") else ())
+    documented = ("random control of equal norm (write)",) if name.startswith("mamba2") else ()
     assert all(any(d in m for d in documented) for m in misses), misses  # only the documented misses

@@ -5,7 +5,11 @@
   native write (``"add"``), in place of it (``"replace"``: ``Delete`` + ``Add``), or as an ``Install`` along the
   passage's own key k̂_t with the foreign write's value direction (``"install"``: ``Delete`` + ``Install``; it changes
   an existing association rather than moving a pair in) — over magnitudes and numbers of cells. The answer at K's
-  query must become V (native: ≈ 0).
+  query must become V (native: ≈ 0). A write fixes only the product k ⊗ v, so ``install`` orients the foreign
+  value against the passage's own key: ``sign(k̂_own · k̂_f) v_f`` (the direction of ``k̂_ownᵀ W_f``, the foreign
+  write seen along the own key). On GDN and Mamba-2 the sign is always + ; on RWKV-7, where token shift puts the
+  value token into the key, the K → V′ and K → V keys point opposite ways in about half the passages, and the
+  unoriented value wrote −V there (docs "Known answers").
 - :func:`slot_erasure_known`: erase the pair's slot, two ways, each against a random control.
   ``"write"`` (the F412 protocol with the slot known): remove the pair's rank-1 contribution at the located cells
   (``ΔS = −β k̂ vᵀ``), against a random rank-1 ``ΔS`` of equal Frobenius norm at the same cells.
@@ -123,17 +127,20 @@ def transplant(lens, task: MQARConfig, cells: list[tuple[int, int, int]],
     c = counterfactual(b, tp, unused_values(task, b, gen), task)
     v_old = c.values[rows, tp]  # the passage's own value V′
     foreign = _write_factors(lens, b, cells)
+    own = _write_factors(lens, c, cells)  # the passage's own (K → V′) writes: their keys orient the install
     res = TransplantResult(o, list(cells), *_answers(lens, c, [], v_new, v_old)[:2])
     for mode in o.modes:
         for k in range(1, len(cells) + 1):
             for m in o.magnitudes:
                 edits: list[Edit] = [] if mode == "add" else deletions(c, cells[:k])
-                for (layer, h, off), (key, value, coef) in zip(cells[:k], foreign[:k], strict=True):
+                for (layer, h, off), (key, value, coef), (own_key, _, _) in zip(cells[:k], foreign[:k], own[:k],
+                                                                                 strict=True):
                     pos = cell_positions(c, off)
                     for r in range(len(rows)):
                         p = int(pos[r])
                         if mode == "install":
-                            edits.append(Install(layer, h, (p,), value=value[r], magnitude=m * float(coef[r]),
+                            sign = -1.0 if float(own_key[r].float() @ key[r].float()) < 0 else 1.0
+                            edits.append(Install(layer, h, (p,), value=sign * value[r], magnitude=m * float(coef[r]),
                                                  batch=r))
                         else:
                             edits.append(Add(layer, h, p, key=key[r], value=value[r], scale=m * float(coef[r]),
