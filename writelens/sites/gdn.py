@@ -36,15 +36,13 @@ from writelens.sites.base import (
     current_module,
     register_family,
 )
+from writelens.sites.gdn_chunk import STEP_TOKENS, BoundaryStates, chunk_rule_with_boundaries
 from writelens.sites.gdn_oracle import l2norm, naive_gated_delta_rule
 from writelens.sites.kernels import ConvCapture, DeviceDispatch
 from writelens.sites.points import WriteSites, attach, call_input_points
 
-#: segments of at most this many tokens run the per-token (recurrent) kernel: on CPU the torch chunk kernel costs
-#: about as much for 4 tokens as for 64 (it pads to its chunk), the recurrent one grows with the length (crossover ~40)
-STEP_TOKENS = 32
 
-class GDNCall(RecurrentCall):
+class GDNCall(BoundaryStates, RecurrentCall):
     """One call of the gated-delta-rule kernel, with the kernel's own (raw, un-normalised) arguments.
 
     query, key: [B, T, Hk, d_k]; value: [B, T, Hv, d_v]; g, beta: [B, T, Hv]; initial_state: [B, Hv, d_k, d_v] or
@@ -64,6 +62,9 @@ class GDNCall(RecurrentCall):
         self.scale = self.d_k**-0.5
         self.output: Tensor | None = None  # [B, T, Hv, d_v] as the layer received it (edits included)
         self.injections: list[Injection] = []
+        #: [n, B, Hv, d_k, d_v] float32: the native state after local position 64 (i + 1) − 1, recorded by the
+        #: captured kernel call itself (writelens.sites.gdn_chunk); None when the call ran another kernel
+        self.native_boundaries: Tensor | None = None
 
     # ---- factors ------------------------------------------------------------------------------------------------
 
@@ -250,8 +251,14 @@ def _handle_call(session: RunSession, layer: int, sites: WriteSites | None, kern
             use_qk_l2norm_in_kernel=not prenorm, injections=injections, offset=offset,
         )
     else:
-        out, state = impl(query, key, value, g=g, beta=beta, initial_state=initial_state,
-                          output_final_state=output_final_state, use_qk_l2norm_in_kernel=not prenorm, **kwargs)
+        if captured and _plain(kwargs) and impl is kernels["chunk"].torch_impl:
+            # transformers' CPU chunk kernel, op for op, keeping its boundary states (exact states then cost no sweep)
+            out, state, call.native_boundaries = chunk_rule_with_boundaries(
+                query, key, value, g, beta, initial_state=initial_state, output_final_state=output_final_state,
+                use_qk_l2norm_in_kernel=not prenorm)
+        else:
+            out, state = impl(query, key, value, g=g, beta=beta, initial_state=initial_state,
+                              output_final_state=output_final_state, use_qk_l2norm_in_kernel=not prenorm, **kwargs)
         if injections:
             heads = sorted({inj.head for inj in injections})
             d_o, d_s = call.propagate(injections, heads)
@@ -272,6 +279,11 @@ def _handle_call(session: RunSession, layer: int, sites: WriteSites | None, kern
         call.injections = injections
         session.calls.setdefault(layer, []).append(call)
     return out, state
+
+
+def _plain(kwargs: dict) -> bool:
+    """The call passes nothing the reference kernel would act on (no packed sequences, no chunk size)."""
+    return set(kwargs) <= {"cu_seqlens", "use_cache"} and kwargs.get("cu_seqlens") is None
 
 
 _KERNEL_NAMES = {"chunk": "torch_chunk_gated_delta_rule", "step": "torch_recurrent_gated_delta_rule"}
