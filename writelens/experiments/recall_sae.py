@@ -11,7 +11,9 @@
 - :func:`sae_replacement_known`: replace every located write of the target pair by its top atom (at the SAE's
   coefficient, or at the write's norm), against ``Delete``, a seeded random rank-1 of the same norm, and the
   null edit (``Delete`` + ``Add`` of the native write), and the best *fixed* atom of a dictionary with one atom per
-  (key token, value token) (:func:`fixed_directions`, at the write's norm); the effect is measured **at the target query's answer**:
+  (key token, value token) (:func:`fixed_directions`, at the write's norm, with that pair's sign: a write fixes
+  only k ⊗ v, and on RWKV-7 the key's sign depends on the value token); the effect is measured **at the target
+  query's answer**:
   KL(native ‖ edited) of the next-token distribution there (float64), the answer's log-probability and top-1
   recall. A firing whose atom and delete KLs both sit under 10× the null edit's maximum is a tie.
 """
@@ -315,8 +317,13 @@ def sae_replacement_known(lens, task: MQARConfig, cells: list[Cell], saes: dict,
                                             seed=o.seed * 1_000_003 + r * 16 + ci))
             per["null"].extend(null_edits(layer, h, t, key[r], value[r], float(coef[r])))
             ku, vw = fixed[ci][0].get(int(rows_k[r])), fixed[ci][1].get(int(rows_v[r]))
-            per["fixed"].append(Replace(layer, h, t, key=ku, value=vw, scale=float(wnorm[r])) if ku is not None
-                                and vw is not None else Delete(layer, h, t))
+            if ku is not None and vw is not None:
+                # one atom per (key token, value token) carries that pair's sign: a write fixes only k ⊗ v, and on
+                # RWKV-7 the key's sign along u_K depends on the value token (docs "Known answers")
+                sign = -1.0 if float((key[r].float() @ ku) * (value[r].float() @ vw)) < 0 else 1.0
+                per["fixed"].append(Replace(layer, h, t, key=ku, value=sign * vw, scale=float(wnorm[r])))
+            else:
+                per["fixed"].append(Delete(layer, h, t))
         rows.extend((r, per[c]) for c in conditions)
     native = lens.run(b.ids).logits
     nat_lp = torch.log_softmax(native[rows_idx, qpos].double(), -1)
