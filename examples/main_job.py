@@ -262,8 +262,10 @@ def main(argv: list[str] | None = None) -> dict:
     rep_next = replacement_test(lens, sae, site, evals, ReplacementOptions(
         max_firings=cfg.max_firings, seed=cfg.seed, kl_position="next", progress=show))
     rep_next.to_json(out / "replacement_next.json")
-    rep_pop = replacement_test(lens, sae, site, evals, ReplacementOptions(  # reruns only the firings rep lacks
-        max_firings=None, cap_per_atom=cfg.population_cap, seed=cfg.seed, progress=show), reuse=rep)
+    # the population reruns only the firings rep lacks, with a per-batch floor (the null edit at every 4th new
+    # firing, beside the reused firings' own): rep's 600 firings already hold one null each
+    rep_pop = replacement_test(lens, sae, site, evals, ReplacementOptions(
+        max_firings=None, cap_per_atom=cfg.population_cap, seed=cfg.seed, null_every=4, progress=show), reuse=rep)
     rep_pop.to_json(out / "replacement_population.json")
     step("replacement")
     counts = torch.bincount(torch.tensor(rep.atom), minlength=cfg.n_features)

@@ -198,3 +198,23 @@ def test_kl_from_logits_in_chunks_equals_the_whole(monkeypatch):
     assert got.shape == (3, 7) and torch.allclose(got, whole(native, edited), rtol=0, atol=1e-14)
     assert torch.allclose(kl_from_logits(native, edited, "edited_native"), whole(edited, native), rtol=0, atol=1e-14)
     assert torch.allclose(kl_from_logits(native[0, 0], edited[0]), whole(native[0, 0].expand(7, -1), edited[0]))
+
+
+def test_null_every_runs_the_null_edit_on_a_subset_and_the_rest_is_unchanged():
+    """A per-batch floor: the null edit at every 3rd firing only; every other KL is what the full run gives, the
+    floor comes from the nulls that ran, and the result survives JSON with its nan nulls."""
+    ids = passages(3, 24)
+    full = replacement_test(lens(), sae(), (LAYER, HEAD), ids, ReplacementOptions(max_firings=12, progress=False,
+                                                                                n_bootstrap=50))
+    sub = replacement_test(lens(), sae(), (LAYER, HEAD), ids, ReplacementOptions(max_firings=12, progress=False,
+                                                                               n_bootstrap=50, null_every=3))
+    ran = [i for i in range(12) if i % 3 == 0]
+    assert all(np.isfinite(sub.kl_null[i]) == (i in ran) for i in range(12))
+    assert sub.floor.n_null == len(ran) and full.floor.n_null == 12
+    assert sub.floor.max == pytest.approx(max(full.kl_null[i] for i in ran), rel=1e-3, abs=1e-15)
+    for name in ("kl_atom", "kl_delete", "kl_random"):
+        assert getattr(sub, name) == pytest.approx(getattr(full, name), rel=1e-4, abs=1e-12)
+    back = ReplacementResult.from_json(sub.to_json())
+    assert back.kl_null[1] is None and back.options.null_every == 3  # JSON has no NaN: a skipped null is null
+    with pytest.raises(wl.errors.ExperimentError, match="null_every"):
+        ReplacementOptions(null_every=0)

@@ -126,6 +126,9 @@ class ReplacementOptions(JsonMixin):
     baseline: Literal["none", "flat_svd"] = "none"
     null_edit: NullEdit = "restore"
     floor_multiple: float = 10.0
+    #: the null edit runs at every firing (1), or at every k-th firing in (passage, position) order: a per-batch
+    #: floor for large runs (the others' ``kl_null`` is nan; reused firings keep theirs)
+    null_every: int = 1
     n_bootstrap: int = 2000
     seed: int = 2026
     batch_rows: int = 48
@@ -137,7 +140,8 @@ class ReplacementOptions(JsonMixin):
     def __post_init__(self) -> None:
         check_options(self, {"min_position": NONNEG, "max_firings": POS_OR_NONE, "firings_per_passage": POS_OR_NONE,
                              "cap_per_atom": POS_OR_NONE, "min_firings_per_atom": NONNEG, "n_bootstrap": NONNEG,
-                             "seed": NONNEG, "batch_rows": POS, "scan_batch": POS, "floor_multiple": FINITE_NONNEG})
+                             "seed": NONNEG, "batch_rows": POS, "scan_batch": POS, "floor_multiple": FINITE_NONNEG,
+                             "null_every": POS})
         if self.features is not None:
             self.features = [check_int(f, "ReplacementOptions.features", ExperimentError, 0) for f in self.features]
 

@@ -12,8 +12,9 @@ active feature — the native write ``β_t k̂_t v_tᵀ`` is replaced, with the 
 The effect is ``KL(p_native ‖ p_edited)`` (float64 log-softmax) at the last position of the passage (or the next
 token, or the mean over every position from t on). Many firings run per forward, one firing per batch row.
 
-Every firing also runs a **null edit** (``Delete`` + re-``Add`` of the native write, or an ``Add`` of zero; see
-:mod:`writelens.experiments.floor`) through the same path: ``floor_multiple`` × its largest KL is the noise floor.
+Every firing (every ``null_every``-th with that option) also runs a **null edit** (``Delete`` + re-``Add`` of the
+native write, or an ``Add`` of zero; see :mod:`writelens.experiments.floor`) through the same path:
+``floor_multiple`` × its largest KL is the noise floor.
 A comparison whose two KLs both sit below it is a tie and is left out of the rates; most firings tied warns.
 """
 
@@ -42,6 +43,7 @@ from writelens.experiments.common import (
 )
 from writelens.experiments.floor import TIE_RULE, NoiseFloor, below_floor, noise_floor, null_edits
 from writelens.experiments.options import ReplacementOptions
+from writelens.experiments.replacement_reuse import reusable
 from writelens.sae.files import tensors_sha256
 
 __all__ = ["ReplacementOptions", "ReplacementStats", "ReplacementResult", "MedianSE", "replacement_test",
@@ -293,7 +295,7 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
                      flat_sae=flat_sae if options.baseline == "flat_svd" else None, show=options.progress)
     fingerprint = {"passages_sha256": tensors_sha256({"ids": ids}),
                    "sae_sha256": tensors_sha256({k: v.detach() for k, v in sae.state_dict().items()})}
-    prior = _reusable(reuse, options, layer, head, length, fingerprint)
+    prior = reusable(reuse, options, layer, head, length, fingerprint)
     firings = _select_firings(scan, options, length)
     atom_ids = sorted({f[3] for f in firings})
     atoms = sae.atoms(atom_ids) if atom_ids else None
@@ -302,7 +304,7 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
     alive = torch.unique(scan.indices[scan.values > 0]).tolist()
     conditions = ["atom", "delete", "random"] + (["flat_svd"] if options.baseline == "flat_svd" else []) + ["null"]
     wk, wv, wb = scan.write
-    rows, meta, reused = [], [], {}
+    rows, owner, meta, reused = [], [], [], {}  # owner[r]: (firing, condition) of row r
     for i, (p, t, _feature, atom, coef) in enumerate(firings):
         timing = options.timing
         scale = coef * float(atom_norm[row_of[atom]]) if options.scale == "coefficient" else None
@@ -314,30 +316,32 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
             reused[i] = old[0]
             meta.append((scale if scale is not None else native, native, seed, old[1]))
             continue
-        rows.append((p, _atom_edit(layer, head, t, atoms, row_of[atom], scale, timing, native)))
-        rows.append((p, [Delete(layer, head, t, timing=timing)]))
+        mine = {"atom": _atom_edit(layer, head, t, atoms, row_of[atom], scale, timing, native),
+                "delete": [Delete(layer, head, t, timing=timing)]}
         if options.random_control == "alive_atom":
             active = set(scan.indices[p, t][scan.values[p, t] > 0].tolist())
             pool = [a for a in alive if a not in active] or [a for a in range(sae.cfg.n_features) if a not in active]
             rng = np.random.default_rng([int(options.seed) + 7, p, t])
             random_atom = int(pool[int(rng.integers(len(pool)))])
             ra = sae.atoms([random_atom])
-            rows.append((p, _atom_edit(layer, head, t, ra, 0, scale, timing, native)))
+            mine["random"] = _atom_edit(layer, head, t, ra, 0, scale, timing, native)
         else:
-            rows.append((p, [RandomAtom(layer, head, t, scale=scale, seed=seed, timing=timing)]))
+            mine["random"] = [RandomAtom(layer, head, t, scale=scale, seed=seed, timing=timing)]
         if options.baseline == "flat_svd":
             fk, fv = scan.flat_svd
-            rows.append((p, [Replace(layer, head, t, key=fk[p, t], value=fv[p, t], scale=None, timing=timing)]))
-        rows.append((p, null_edits(layer, head, t, wk[p, t], wv[p, t], float(wb[p, t]), options.null_edit, timing)))
+            mine["flat_svd"] = [Replace(layer, head, t, key=fk[p, t], value=fv[p, t], scale=None, timing=timing)]
+        if i % options.null_every == 0:
+            mine["null"] = null_edits(layer, head, t, wk[p, t], wv[p, t], float(wb[p, t]), options.null_edit, timing)
+        for c, edits in mine.items():
+            rows.append((p, edits))
+            owner.append((i, c))
         meta.append((scale if scale is not None else native, native, seed, random_atom))
 
     tail = 1 if options.kl_position == "last" else None  # the unembedding then runs at the last position only
     span = 2 if options.kl_position == "next" else None  # the forward stops after the first affected position
 
-    fresh = [i for i in range(len(firings)) if i not in reused]
-
     def reduce(r: int, logits):
-        p, t = rows[r][0], firings[fresh[r // len(conditions)]][1]
+        p, t = rows[r][0], firings[owner[r][0]][1]
         pos = kl_positions(t, length, options.kl_position, options.timing)
         mine = [q - (length - logits.shape[0]) for q in pos] if tail else pos
         ref = [q - (length - scan.logits.shape[1]) for q in pos]  # (the scan kept the last position only for "last")
@@ -345,8 +349,12 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
 
     kls = run_rows(lens, ids, rows, reduce, batch_rows=options.batch_rows, desc="replacement", show=options.progress,
                    tail=tail, span=span) if rows else []
-    new = {c: iter(kls[k :: len(conditions)]) for k, c in enumerate(conditions)}
-    by_cond = {c: [reused[i][c] if i in reused else next(new[c]) for i in range(len(firings))] for c in conditions}
+    by_cond = {c: [float("nan")] * len(firings) for c in conditions}
+    for (i, c), kl in zip(owner, kls, strict=True):
+        by_cond[c][i] = kl
+    for i, old in reused.items():
+        for c in conditions:
+            by_cond[c][i] = old.get(c, float("nan"))
     feats = [f[2] for f in firings]
     psg = [f[0] for f in firings]
     unreach = unreachable([f[1] for f in firings], length, options.kl_position, options.timing)
@@ -371,35 +379,9 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
         elapsed_s=time.perf_counter() - started,
         fingerprint=fingerprint, n_reused=len(reused),
         notes=["KL in float64 log-softmax; one firing per (passage, position); random atoms seeded per firing as "
-               "seed*1000003 + passage*T + position", f"noise floor: {options.null_edit} null edit at every firing; {TIE_RULE}"]
+               "seed*1000003 + passage*T + position", f"noise floor: {options.null_edit} null edit at "
+               + ("every firing" if options.null_every == 1 else f"every {options.null_every}th firing (and the "
+                  "reused ones)") + f"; {TIE_RULE}"]
         + ([floor.warning] if floor.warning else [])
         + ([f"{len(reused)} of {len(firings)} firings' KLs taken from an earlier result (reuse=)"] if reused else []),
     )
-
-
-#: the options a firing's KLs depend on (``reuse=`` needs them equal); the rest only choose the firings
-_MEASUREMENT = ("scale", "kl_position", "kl_direction", "timing", "random_control", "baseline", "null_edit", "seed")
-
-
-def _reusable(reuse: ReplacementResult | None, options: ReplacementOptions, layer: int, head: int, length: int,
-              fingerprint: dict[str, str]) -> dict[tuple[int, int, int, float], tuple[dict[str, float], int]]:
-    """(passage, position, atom, coefficient) → (KL per condition, random atom) of ``reuse``'s firings, after
-    checking that they measure the same thing."""
-    if reuse is None:
-        return {}
-    if not isinstance(reuse, ReplacementResult):
-        raise ExperimentError(f"reuse= takes a ReplacementResult, got {type(reuse).__name__}.")
-    differ = [k for k in _MEASUREMENT if getattr(reuse.options, k) != getattr(options, k)]
-    if (reuse.layer, reuse.head) != (layer, head):
-        differ.append(f"site (L{reuse.layer}H{reuse.head} vs L{layer}H{head})")
-    if reuse.passage_length != length or reuse.fingerprint != fingerprint:
-        differ.append("passages or SAE (their SHA256 differ)" if reuse.fingerprint else
-                      "fingerprint (the earlier result records none: it was made before reuse= existed)")
-    if differ:
-        raise ExperimentError(f"reuse= holds a result measured differently ({', '.join(differ)}); rerun without "
-                              "reuse= or pass a result of the same site, SAE, passages and measurement options.")
-    kls = {"atom": reuse.kl_atom, "delete": reuse.kl_delete, "random": reuse.kl_random, "null": reuse.kl_null}
-    if reuse.kl_flat_svd is not None:
-        kls["flat_svd"] = reuse.kl_flat_svd
-    return {(p, t, a, c): ({k: v[i] for k, v in kls.items()}, reuse.random_atom[i]) for i, (p, t, a, c) in
-            enumerate(zip(reuse.passage, reuse.position, reuse.atom, reuse.coefficient, strict=True))}
