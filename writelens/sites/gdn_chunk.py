@@ -141,12 +141,19 @@ class BoundaryStates:
         if length == 0:
             return initial.reshape(len(ts), B, *initial.shape[1:]).transpose(0, 1)
 
+        # token index of each padded slot [P, length] (left padding: slot j of segment i holds t1 − length + j)
+        ends = torch.tensor([t1 for _, t1 in segs])
+        starts = torch.tensor([t0 for t0, _ in segs])
+        where = ends[:, None] - length + torch.arange(length)[None]
+        real = where >= starts[:, None]
+        where = where.clamp_min(0).to(self.value.device)
+        real = real.to(self.value.device)
+
         def padded(x: Tensor, heads_of: list[int]) -> Tensor:  # [P·B, length, h, ...], left-padded with zeros
-            out = x.new_zeros(len(ts), B, length, len(heads_of), *x.shape[3:])
-            for i, (t0, t1) in enumerate(segs):
-                if t1 > t0:
-                    out[i, :, length - (t1 - t0):] = x[:, t0:t1][:, :, heads_of]
-            return out.reshape(len(ts) * B, length, len(heads_of), *x.shape[3:]).float()
+            got = x[:, where.reshape(-1)][:, :, heads_of].float()  # [B, P·length, h, ...]
+            got = got.reshape(B, len(ts), length, *got.shape[2:]).transpose(0, 1)
+            mask = real.reshape(len(ts), 1, length, *([1] * (got.dim() - 3)))
+            return (got * mask).reshape(len(ts) * B, length, *got.shape[3:])
 
         q, k, v = padded(self.query, kh), padded(self.key, kh), padded(self.value, idx)
         g, beta = padded(self.g, idx), padded(self.beta, idx)
