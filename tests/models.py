@@ -117,3 +117,15 @@ def one_torch_thread():
     yield
     torch.set_num_threads(n)
 
+
+
+def assert_cli_refused(res, needles, out_dir) -> None:
+    """The CLI contract (docs/cli.md) for a bad argument: exit 2 with a message holding every needle (whitespace
+    folded), no traceback, and no ``summary.json`` written under ``out_dir``."""
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    text = " ".join(res.output.split())
+    assert "Traceback" not in text
+    missing = [n for n in needles if n not in text]
+    assert not missing, (missing, res.output)
+    assert not (out_dir / "summary.json").exists()
