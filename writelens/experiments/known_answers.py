@@ -133,14 +133,14 @@ def known_answers(lens, task: MQARConfig, options: KnownAnswersOptions | None = 
     if o.sae_steps:
         _add_sae_rows(lens, task, cells, res, RecallSAEOptions(
             n_pairs=o.n_pairs, n_passages=o.n_passages, n_recovery_passages=o.sae_recovery_passages,
-            steps=o.sae_steps), "")
+            steps=o.sae_steps))
     return res
 
 
-def _add_sae_rows(lens, task: MQARConfig, cells, res: KnownAnswers, so: RecallSAEOptions, name: str) -> None:
+def _add_sae_rows(lens, task: MQARConfig, cells, res: KnownAnswers, so: RecallSAEOptions) -> None:
     """Train the WriteSAEs of the located heads and add their rows (recovery, replacement at the answer,
     attribution of the answer logit) to ``res``."""
-    saes = train_recall_saes(lens, task, sorted({(layer, h) for layer, h, _ in cells}), so, model_name=name)
+    saes = train_recall_saes(lens, task, sorted({(layer, h) for layer, h, _ in cells}), so)
     rec = sae_recovery(lens, task, cells, saes, so)
     rep = sae_replacement_known(lens, task, cells, saes, so, scale="coefficient")
     att = answer_attribution(lens, task, cells[0], saes[cells[0][:2]], so)

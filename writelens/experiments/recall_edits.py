@@ -127,7 +127,8 @@ def transplant(lens, task: MQARConfig, cells: list[tuple[int, int, int]],
     c = counterfactual(b, tp, unused_values(task, b, gen), task)
     v_old = c.values[rows, tp]  # the passage's own value V′
     foreign = _write_factors(lens, b, cells)
-    own = _write_factors(lens, c, cells)  # the passage's own (K → V′) writes: their keys orient the install
+    # the passage's own (K → V′) writes: their keys orient the install
+    own = _write_factors(lens, c, cells) if "install" in o.modes else [(None, None, None)] * len(cells)
     res = TransplantResult(o, list(cells), *_answers(lens, c, [], v_new, v_old)[:2])
     for mode in o.modes:
         for k in range(1, len(cells) + 1):

@@ -290,12 +290,12 @@ def replacement_test(lens, sae, site, passages, options: ReplacementOptions | No
                               f"features (0..{sae.cfg.n_features - 1}).")
     ids = as_passages(passages)
     n, length = ids.shape
+    fingerprint = {"passages_sha256": tensors_sha256({"ids": ids}),
+                   "sae_sha256": tensors_sha256({k: v.detach() for k, v in sae.state_dict().items()})}
+    prior = reusable(reuse, options, layer, head, length, fingerprint)  # (refused before the scan, not after)
     scan = scan_site(lens, sae, (layer, head), ids, min_position=options.min_position, batch_size=options.scan_batch,
                      keep_logits=1 if options.kl_position == "last" else True,
                      flat_sae=flat_sae if options.baseline == "flat_svd" else None, show=options.progress)
-    fingerprint = {"passages_sha256": tensors_sha256({"ids": ids}),
-                   "sae_sha256": tensors_sha256({k: v.detach() for k, v in sae.state_dict().items()})}
-    prior = reusable(reuse, options, layer, head, length, fingerprint)
     firings = _select_firings(scan, options, length)
     atom_ids = sorted({f[3] for f in firings})
     atoms = sae.atoms(atom_ids) if atom_ids else None
