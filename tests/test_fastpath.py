@@ -108,6 +108,29 @@ def test_lens_run_prefix_is_bitwise_the_unedited_run(family):
     assert rel(fast, lens.run(x, edits=edits, _fast=False).logits) < TOL
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lens_run_logits_to_keep(family):
+    """``logits_to_keep=k``: the last k positions of the same run, on the fast path, the full edited forward, the
+    oracle and a captured run; the unedited run's last positions bitwise."""
+    lens = wl.WriteLens(_model(family))
+    x = ids(3, 70, seed=4)
+    L = lens.recurrent_layers
+    edits = [wl.Delete(L[0], 1, 30, batch=0), wl.Delete(L[-1], 0, 66, batch=2)]
+    full = lens.run(x, edits=edits).logits
+    for k in (1, 5, 70):
+        fast = lens.run(x, edits=edits, logits_to_keep=k).logits
+        assert fast.shape == (3, k, full.shape[-1])
+        assert rel(fast, full[:, -k:]) < TOL
+        assert rel(lens.run(x, edits=edits, logits_to_keep=k, _fast=False).logits, full[:, -k:]) < TOL
+    assert torch.equal(lens.run(x, logits_to_keep=4).logits, lens.run(x).logits[:, -4:])
+    out = lens.run(x, cache=True, sites=[(L[0], 0)], logits_to_keep=2)
+    assert out.logits.shape[1] == 2 and out.cache.state(L[0], 0, pos=-1).shape[0] == 3
+    assert rel(lens.run(x, edits=edits, oracle=True, logits_to_keep=3).logits, full[:, -3:]) < TOL
+    for bad in (-1, 71, 1.5, True, "1"):
+        with pytest.raises(errors.InputError, match="logits_to_keep"):
+            lens.run(x, logits_to_keep=bad)
+
+
 def test_states_for_rows_equal_the_swept_states():
     lens = wl.WriteLens(_model("gdn"))
     x = ids(3, 150, seed=2)

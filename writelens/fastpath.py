@@ -151,8 +151,10 @@ def _groups(plans: list[tuple], T: int) -> list[list[tuple]]:
     return groups
 
 
-def run_with_prefix_reuse(lens: Any, ids: Int[Tensor, "B T"], edits: list[Edit]) -> Float[Tensor, "B T V"]:
-    """Logits [B, T, V] of the edited run through a one-off :class:`NativePass` over the distinct rows of ``ids``."""
+def run_with_prefix_reuse(lens: Any, ids: Int[Tensor, "B T"], edits: list[Edit], tail: int | None = None
+                          ) -> Float[Tensor, "B T V"]:
+    """Logits [B, T, V] of the edited run through a one-off :class:`NativePass` over the distinct rows of ``ids``
+    ([B, tail, V], the last ``tail`` positions, when given)."""
     B = ids.shape[0]
     per_row: dict[int, list[Edit]] = {}
     for e in edits:
@@ -161,7 +163,7 @@ def run_with_prefix_reuse(lens: Any, ids: Int[Tensor, "B T"], edits: list[Edit])
     uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)
     if len(uniq) == B:  # distinct rows: the native pass over ids itself (its logits are the unedited run's, bitwise)
         uniq, inverse = ids, torch.arange(B, device=ids.device)
-    native = NativePass(lens, uniq, {min(e.layer for e in es) for es in per_row.values()})
+    native = NativePass(lens, uniq, {min(e.layer for e in es) for es in per_row.values()}, tail=tail)
     logits = native.logits[inverse].clone()
     order = sorted(per_row)
     for r, row_logits in zip(order, native.run([(int(inverse[r]), per_row[r]) for r in order]), strict=True):

@@ -27,14 +27,14 @@ from writelens.errors import (
     UnsupportedModelError,
 )
 from writelens.sites.base import RunSession, Site, adapter_for, session_scope
-from writelens.validate import as_int, check_device, check_float_dtype
+from writelens.validate import as_int, check_device, check_float_dtype, check_int
 
 __all__ = ["WriteLens", "RunOutput", "GenerateOutput"]
 
 
 @dataclass
 class RunOutput:
-    """``logits`` [B, T, V]; ``cache``: the :class:`WriteCache` (if ``cache=True``); ``past_key_values``: the HF
+    """``logits`` [B, T, V] ([B, k, V] with ``logits_to_keep=k``); ``cache``: the :class:`WriteCache` (if ``cache=True``); ``past_key_values``: the HF
     cache after the run (if ``use_cache=True``), edits included, ready to continue from."""
 
     logits: Float[Tensor, "B T V"]
@@ -51,6 +51,13 @@ class GenerateOutput:
     new_tokens: Int[Tensor, "B N"]
     logits: Float[Tensor, "B N V"]
     past_key_values: Any = None
+
+
+def _finite(logits: Tensor) -> Tensor:
+    if not torch.isfinite(logits).all():
+        raise NonFiniteError("The edited run produced NaN/inf logits; an edit's magnitude is probably enormous — "
+                             "check Replace/Add scales and Install magnitudes.")
+    return logits
 
 
 def clone_cache(cache: Any) -> Any:
@@ -176,7 +183,7 @@ class WriteLens:
     def run(self, input_ids: Int[Tensor, "B T"], *, cache: bool = False,
             sites: Sequence[tuple[int, int] | Site] | None = None, edits: Sequence[Edit] = (),
             attention_mask: Tensor | None = None, use_cache: bool = False, oracle: bool = False,
-            _fast: bool = True) -> RunOutput:
+            logits_to_keep: int = 0, _fast: bool = True) -> RunOutput:
         """One forward pass, optionally capturing write sites and applying edits.
 
         Args:
@@ -191,22 +198,20 @@ class WriteLens:
             use_cache: also return the HF cache (``out.past_key_values``) to continue or branch from.
             oracle: run every recurrent layer with the float64 per-token reference recurrence, edits applied
                 directly to the state (slow; the ground truth the fast path is tested against).
+            logits_to_keep: 0 (all positions) or k in 1..T: ``out.logits`` holds the last k positions only,
+                [B, k, V], and the unembedding runs on those alone (transformers' keyword, int form). With a
+                248k-token vocabulary the logits are 1 MB per position: pass 1 when only the next token matters.
         Returns:
             :class:`RunOutput`. The model and any cache you hold are unchanged.
         """
         ids = self._ids(input_ids)
+        keep = check_int(logits_to_keep, "logits_to_keep", InputError, 0, ids.shape[1])
         attention_mask = lens_inputs.check_mask(attention_mask, ids)
         attention_mask = None if attention_mask is None else attention_mask.to(self.device)
         edits = self._check_edits(edits, *ids.shape, mask=None if attention_mask is None else attention_mask.cpu())
         if (edits and _fast and self.adapter.supports_prefix_reuse and not (cache or use_cache or oracle)
                 and attention_mask is None):
-            logits = fastpath.run_with_prefix_reuse(self, ids, edits)
-            if not torch.isfinite(logits).all():
-                raise NonFiniteError(
-                    "The edited run produced NaN/inf logits; an edit's magnitude is probably enormous — "
-                    "check Replace/Add scales and Install magnitudes."
-                )
-            return RunOutput(logits=logits)
+            return RunOutput(logits=_finite(fastpath.run_with_prefix_reuse(self, ids, edits, tail=keep or None)))
         capture = frozenset()
         if sites is not None and (isinstance(sites, (str, bytes, Site)) or not hasattr(sites, "__iter__")):
             raise InputError(f"sites={sites!r} is not a list of sites; pass e.g. sites=[(0, 1)] or None for all.")
@@ -216,13 +221,9 @@ class WriteLens:
                              kernel_override=self.adapter.oracle_kernel() if oracle else None)
         past = self.adapter.new_cache() if use_cache else None
         with torch.no_grad(), session_scope(session, self.adapter.layer_modules):
-            out = self.adapter.forward(ids, cache=past, use_cache=use_cache, attention_mask=attention_mask)
-        logits = out.logits
-        if edits and not torch.isfinite(logits).all():
-            raise NonFiniteError(
-                "The edited run produced NaN/inf logits; an edit's magnitude is probably enormous — "
-                "check Replace/Add scales and Install magnitudes."
-            )
+            out = self.adapter.forward(ids, cache=past, use_cache=use_cache, attention_mask=attention_mask,
+                                       logits_to_keep=keep)
+        logits = _finite(out.logits) if edits else out.logits
         wcache = None
         if cache:
             calls = {layer: c[0] for layer, c in session.calls.items()}
