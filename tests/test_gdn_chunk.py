@@ -10,7 +10,7 @@ from transformers.models.qwen3_5 import modeling_qwen3_5 as hf
 
 import writelens as wl
 from writelens.sites.gdn_chunk import chunk_rule_with_boundaries
-from writelens.sites.gdn_oracle import naive_gated_delta_rule
+from writelens.sites.gdn_oracle import l2norm, naive_gated_delta_rule
 from writelens.sites.kernels import DeviceDispatch
 
 
@@ -31,7 +31,7 @@ def test_outputs_bitwise_equal_transformers_kernel_and_boundaries_equal_the_orac
     reference = DeviceDispatch(hf.torch_chunk_gated_delta_rule).torch_impl
     want_o, want_s = reference(q, k, v, g=g, beta=beta, initial_state=s0, output_final_state=True,
                                use_qk_l2norm_in_kernel=True)
-    got_o, got_s, bounds = chunk_rule_with_boundaries(q, k, v, g, beta, initial_state=s0, output_final_state=True,
+    got_o, got_s, bounds, _ = chunk_rule_with_boundaries(q, k, v, g, beta, initial_state=s0, output_final_state=True,
                                                       use_qk_l2norm_in_kernel=True)
     assert torch.equal(got_o, want_o) and torch.equal(got_s, want_s)  # bit for bit
     assert bounds.shape == (T // 64, 2, hv, 8, 8)
@@ -59,3 +59,28 @@ def test_captured_states_use_the_kernels_boundaries_and_stay_exact():
         for i, p in enumerate(positions):
             want = out.cache.state(layer, h, p)
             assert torch.allclose(got[:, i, h], want, rtol=0, atol=2e-6 * want.abs().max())
+
+
+def test_states_inside_chunks_from_the_kernels_interior_equal_a_float64_recurrence():
+    """``interior_states`` (no kernel run) at every position of a captured call, for all rows and for a subset of
+    rows, against the delta rule stepped token by token in float64 from the call's own kernel inputs."""
+    lens = wl.WriteLens(qwen35(layers=4, hk=1, hv=2))
+    x = ids(3, 150, seed=7)
+    call = lens.run(x, cache=True).cache._call(lens.recurrent_layers[1], 0)
+    assert call.native_interior is not None
+    heads, rows = (0, 1), torch.tensor([2, 0])
+    ts = list(range(150))
+    got = call.interior_states(heads, ts)  # [B, P, h, d_k, d_v]
+    got_rows = call.interior_states(heads, ts[::7], rows)
+    key = l2norm(call.key.double()).repeat_interleave(call.rep, dim=2)  # as the kernel normalises (eps 1e-6)
+    S = torch.zeros(3, 2, call.d_k, call.d_v, dtype=torch.float64)
+    for t in ts:
+        k, v = key[:, t], call.value[:, t].double()
+        g, b = call.g[:, t].double().exp(), call.beta[:, t].double()
+        S = g[..., None, None] * S
+        S = S + b[..., None, None] * k[..., :, None] * (v - torch.einsum("bhkv,bhk->bhv", S, k))[..., None, :]
+        scale = float(S.abs().max())
+        assert (got[:, t].double() - S).abs().max() < 1e-5 * scale, t
+        if t % 7 == 0:
+            assert (got_rows[:, t // 7].double() - S[rows]).abs().max() < 1e-5 * scale, t
+    assert torch.allclose(call.states_for_rows(heads, 100, rows), got[rows, 100], atol=1e-6)

@@ -65,6 +65,7 @@ class GDNCall(BoundaryStates, RecurrentCall):
         #: [n, B, Hv, d_k, d_v] float32: the native state after local position 64 (i + 1) − 1, recorded by the
         #: captured kernel call itself (writelens.sites.gdn_chunk); None when the call ran another kernel
         self.native_boundaries: Tensor | None = None
+        self.native_interior = None  # ChunkInterior of that kernel call: states inside a chunk without a kernel run
 
     # ---- factors ------------------------------------------------------------------------------------------------
 
@@ -253,7 +254,7 @@ def _handle_call(session: RunSession, layer: int, sites: WriteSites | None, kern
     else:
         if captured and _plain(kwargs) and impl is kernels["chunk"].torch_impl:
             # transformers' CPU chunk kernel, op for op, keeping its boundary states (exact states then cost no sweep)
-            out, state, call.native_boundaries = chunk_rule_with_boundaries(
+            out, state, call.native_boundaries, call.native_interior = chunk_rule_with_boundaries(
                 query, key, value, g, beta, initial_state=initial_state, output_final_state=output_final_state,
                 use_qk_l2norm_in_kernel=not prenorm)
         else:

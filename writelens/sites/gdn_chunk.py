@@ -14,6 +14,8 @@ Only the ``solve_triangular`` path of the reference kernel is reproduced (the on
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -21,13 +23,27 @@ from torch import Tensor
 
 from writelens.sites.gdn_oracle import l2norm
 
-__all__ = ["chunk_rule_with_boundaries", "CHUNK", "STEP_TOKENS", "BoundaryStates"]
+__all__ = ["chunk_rule_with_boundaries", "ChunkInterior", "CHUNK", "STEP_TOKENS", "BoundaryStates"]
 
 CHUNK = 64  # transformers' default chunk_size, and RecurrentCall.STATE_CHUNK
 
 #: segments of at most this many tokens run the per-token (recurrent) kernel: on CPU the torch chunk kernel costs
 #: about as much for 4 tokens as for 64 (it pads to its chunk), the recurrent one grows with the length (crossover ~40)
 STEP_TOKENS = 32
+
+
+class ChunkInterior(NamedTuple):
+    """What the chunk kernel computed inside each chunk, enough for the exact state after any position: with ``S_b``
+    the state entering chunk c (a recorded boundary, or the call's initial state) and γ the cumulative log decay,
+    ``S_t = exp(γ_j) S_b + Σ_{i≤j} exp(γ_j − γ_i) k_i u_iᵀ`` for t = 64 c + j (the delta rule's WY form; ``u_i``
+    depends only on positions ≤ i of its chunk, the UT solve being lower-triangular).
+
+    ``key`` [B, Hv, n, 64, d_k] (normalised, unscaled), ``written`` [B, Hv, n, 64, d_v] (``u``), ``cum_decay``
+    [B, Hv, n, 64] (γ, per chunk), float32, ``n`` chunks including a padded last one."""
+
+    key: Tensor
+    written: Tensor
+    cum_decay: Tensor
 
 
 def chunk_rule_with_boundaries(
@@ -39,10 +55,11 @@ def chunk_rule_with_boundaries(
     initial_state: Float[Tensor, "B Hv d_k d_v"] | None = None,
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
-) -> tuple[Float[Tensor, "B T Hv d_v"], Tensor | None, Float[Tensor, "n B Hv d_k d_v"]]:
-    """(output, final state or None, boundaries): ``boundaries[i]`` is the float32 state after local position
-    ``64 (i + 1) − 1`` for every full chunk of the call (``n = T // 64``). Output and final state are those of
-    transformers' ``torch_chunk_gated_delta_rule`` with ``chunk_size=64``, bit for bit."""
+) -> tuple[Float[Tensor, "B T Hv d_v"], Tensor | None, Float[Tensor, "n B Hv d_k d_v"], ChunkInterior]:
+    """(output, final state or None, boundaries, interior): ``boundaries[i]`` is the float32 state after local
+    position ``64 (i + 1) − 1`` for every full chunk of the call (``n = T // 64``); ``interior`` the per-chunk
+    quantities that give the state after any other position (:class:`ChunkInterior`). Output and final state are
+    those of transformers' ``torch_chunk_gated_delta_rule`` with ``chunk_size=64``, bit for bit."""
     chunk_size = CHUNK
     initial_dtype = query.dtype
     batch_size, sequence_length, num_k_heads, k_head_dim = key.shape
@@ -72,6 +89,7 @@ def chunk_rule_with_boundaries(
     query, key, k_beta, v_beta = [
         x.reshape(x.shape[0], x.shape[1], -1, chunk_size, x.shape[-1]) for x in (query, key, k_beta, v_beta)
     ]
+    unit_key = key  # [B, Hv, n, 64, d_k]: the kernel's (normalised) keys, kept for states inside a chunk
     decay = decay.reshape(decay.shape[0], decay.shape[1], -1, chunk_size)
     strictly_upper_mask = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=query.device).triu(1)
     cum_decay = decay.cumsum(dim=3)
@@ -88,12 +106,14 @@ def chunk_rule_with_boundaries(
     else:
         last_recurrent_state = initial_state.to(new_values)
     core_attn_out = torch.zeros_like(new_values)
+    written = torch.empty_like(new_values)  # each chunk's v_new: what its positions write, given its start state
     query = query * cum_decay.exp().unsqueeze(-1)
     key = key * (cum_decay[..., -1:] - cum_decay).exp().unsqueeze(-1)
     chunk_decay = cum_decay[..., -1].exp()[..., None, None]
     boundaries = []
     for i in range(num_chunks):
         v_new = new_values[:, :, i] - k_cumdecay[:, :, i] @ last_recurrent_state
+        written[:, :, i] = v_new
         inter_chunk_attn = query[:, :, i] @ last_recurrent_state
         core_attn_out[:, :, i] = inter_chunk_attn + intra_chunk_attn[:, :, i] @ v_new
         last_recurrent_state = last_recurrent_state * chunk_decay[:, :, i] + key[:, :, i].transpose(-1, -2) @ v_new
@@ -102,7 +122,8 @@ def chunk_rule_with_boundaries(
     core_attn_out = core_attn_out.reshape(padded_output_shape)[:, :, :sequence_length]
     core_attn_out = core_attn_out.transpose(1, 2).to(initial_dtype, memory_format=torch.contiguous_format)
     bounds = torch.stack(boundaries) if boundaries else last_recurrent_state.new_empty(0, *recurrent_state_shape)
-    return core_attn_out, (last_recurrent_state if output_final_state else None), bounds
+    return (core_attn_out, (last_recurrent_state if output_final_state else None), bounds,
+            ChunkInterior(unit_key, written, cum_decay))
 
 
 class BoundaryStates:
@@ -111,7 +132,11 @@ class BoundaryStates:
 
     def _swept_state(self, heads: tuple[int, ...], t: int) -> Tensor:
         """As :meth:`RecurrentCall._swept_state`, starting from the kernel's own boundary states when the call
-        recorded them (and carries no edit): at most one chunk is recomputed, never the whole call."""
+        recorded them (and carries no edit): read from the chunk interior the kernel computed (no kernel run), else
+        at most one chunk is recomputed, never the whole call."""
+        inside = self.interior_states(heads, [t])
+        if inside is not None:
+            return inside[:, 0]
         if self.native_boundaries is not None and not self.injections:
             if not hasattr(self, "_boundary"):
                 self._boundary, self._last = {}, {}
@@ -122,11 +147,45 @@ class BoundaryStates:
                     cache[self.STATE_CHUNK * (i + 1) - 1] = self.native_boundaries[i][:, idx]
         return super()._swept_state(heads, t)
 
+    def states_for_rows(self, heads: tuple[int, ...], t: int, rows: Tensor) -> Tensor:
+        """As :meth:`RecurrentCall.states_for_rows`, read from the kernel's chunk interior when the call has one."""
+        inside = self.interior_states(heads, [t], rows)
+        return super().states_for_rows(heads, t, rows) if inside is None else inside[:, 0]
+
+    def interior_states(self, heads: tuple[int, ...], ts: list[int], rows: Tensor | None = None) -> Tensor | None:
+        """Exact S of ``heads`` after each local position of ``ts``, [B, P, h, d_k, d_v] (``rows``: those batch rows
+        only), from the kernel's own boundary state and chunk interior (:class:`ChunkInterior`): one small
+        contraction per position, no kernel run. None when the call recorded no interior or carries edits."""
+        inner = getattr(self, "native_interior", None)
+        if inner is None or self.native_boundaries is None or self.injections or not ts:
+            return None
+        chunk, idx = self.STATE_CHUNK, list(heads)
+        c = torch.tensor([t // chunk for t in ts])
+        j = torch.tensor([t % chunk for t in ts])
+        sel = (slice(None),) if rows is None else (rows.to(inner.key.device),)
+        key = inner.key[sel][:, idx][:, :, c]  # [b, h, P, 64, d_k]
+        written = inner.written[sel][:, idx][:, :, c]  # [b, h, P, 64, d_v]
+        gamma = inner.cum_decay[sel][:, idx][:, :, c]  # [b, h, P, 64]
+        g_end = gamma.gather(-1, j.to(gamma.device)[None, None, :, None].expand(*gamma.shape[:3], 1))  # γ_j
+        later = torch.arange(chunk, device=gamma.device)[None, :] > j.to(gamma.device)[:, None]  # i > j: not yet
+        weight = (g_end - gamma).masked_fill(later, float("-inf")).exp()  # [b, h, P, 64]
+        grown = torch.einsum("bhpi,bhpik,bhpiv->bphkv", weight, key, written)
+        start = self._start_state(heads)
+        bounds = [start if ci == 0 else self.native_boundaries[ci - 1][:, idx] for ci in c.tolist()]
+        base = torch.stack(bounds, 1).float()  # [B, P, h, d_k, d_v]
+        if rows is not None:
+            base = base[rows.to(base.device)]
+        decay = g_end[..., 0].exp().transpose(1, 2)  # [b, P, h]
+        return decay[..., None, None] * base + grown
+
     def states_many(self, heads: tuple[int, ...], ts: list[int]) -> Tensor | None:
         """Exact S of ``heads`` after each local position of ``ts``, [B, P, h, d_k, d_v], in one kernel call: every
         position advances from its kernel-recorded boundary state, the segments left-padded to one length with
         neutral tokens (g = 0, β = 0, zero q / k / v: the state passes through them unchanged). None when the call
         has no recorded boundaries or carries edits (the caller then sweeps)."""
+        inside = self.interior_states(heads, ts)
+        if inside is not None:
+            return inside
         if self.native_boundaries is None or self.injections or not ts:
             return None
         chunk, B, idx = self.STATE_CHUNK, self.batch_size, list(heads)
