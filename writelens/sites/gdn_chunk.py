@@ -38,10 +38,9 @@ class ChunkInterior(NamedTuple):
     ``S_t = exp(γ_j) S_b + Σ_{i≤j} exp(γ_j − γ_i) k_i u_iᵀ`` for t = 64 c + j (the delta rule's WY form; ``u_i``
     depends only on positions ≤ i of its chunk, the UT solve being lower-triangular).
 
-    ``key`` [B, Hv, n, 64, d_k] (normalised, unscaled), ``written`` [B, Hv, n, 64, d_v] (``u``), ``cum_decay``
-    [B, Hv, n, 64] (γ, per chunk), float32, ``n`` chunks including a padded last one."""
+    ``written`` [B, Hv, n, 64, d_v] (``u``) and ``cum_decay`` [B, Hv, n, 64] (γ, per chunk), float32, ``n`` chunks
+    including a padded last one; the keys k_i are the call's own (normalised on use), not kept twice."""
 
-    key: Tensor
     written: Tensor
     cum_decay: Tensor
 
@@ -89,7 +88,6 @@ def chunk_rule_with_boundaries(
     query, key, k_beta, v_beta = [
         x.reshape(x.shape[0], x.shape[1], -1, chunk_size, x.shape[-1]) for x in (query, key, k_beta, v_beta)
     ]
-    unit_key = key  # [B, Hv, n, 64, d_k]: the kernel's (normalised) keys, kept for states inside a chunk
     decay = decay.reshape(decay.shape[0], decay.shape[1], -1, chunk_size)
     strictly_upper_mask = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=query.device).triu(1)
     cum_decay = decay.cumsum(dim=3)
@@ -123,7 +121,7 @@ def chunk_rule_with_boundaries(
     core_attn_out = core_attn_out.transpose(1, 2).to(initial_dtype, memory_format=torch.contiguous_format)
     bounds = torch.stack(boundaries) if boundaries else last_recurrent_state.new_empty(0, *recurrent_state_shape)
     return (core_attn_out, (last_recurrent_state if output_final_state else None), bounds,
-            ChunkInterior(unit_key, written, cum_decay))
+            ChunkInterior(written, cum_decay))
 
 
 class BoundaryStates:
@@ -159,17 +157,28 @@ class BoundaryStates:
         inner = getattr(self, "native_interior", None)
         if inner is None or self.native_boundaries is None or self.injections or not ts:
             return None
-        chunk, idx = self.STATE_CHUNK, list(heads)
-        c = torch.tensor([t // chunk for t in ts])
-        j = torch.tensor([t % chunk for t in ts])
-        sel = (slice(None),) if rows is None else (rows.to(inner.key.device),)
-        key = inner.key[sel][:, idx][:, :, c]  # [b, h, P, 64, d_k]
-        written = inner.written[sel][:, idx][:, :, c]  # [b, h, P, 64, d_v]
-        gamma = inner.cum_decay[sel][:, idx][:, :, c]  # [b, h, P, 64]
-        g_end = gamma.gather(-1, j.to(gamma.device)[None, None, :, None].expand(*gamma.shape[:3], 1))  # γ_j
-        later = torch.arange(chunk, device=gamma.device)[None, :] > j.to(gamma.device)[:, None]  # i > j: not yet
+        chunk, dev, P = self.STATE_CHUNK, inner.written.device, len(ts)
+        c = torch.tensor([t // chunk for t in ts], device=dev)
+        j = torch.tensor([t % chunk for t in ts], device=dev)
+        pick = [slice(None) if rows is None else rows.to(dev)]
+        pick.append(slice(None) if list(heads) == list(range(self.num_heads)) else torch.tensor(heads, device=dev))
+
+        def take(x: Tensor) -> Tensor:  # the requested chunks first (the smallest copy), then rows and heads
+            x = x[:, :, c]
+            x = x if isinstance(pick[0], slice) else x[pick[0]]
+            return x if isinstance(pick[1], slice) else x[:, pick[1]]
+
+        written, gamma = take(inner.written), take(inner.cum_decay)  # [b, h, P, 64, d_v], [b, h, P, 64]
+        # the chunks' keys, as the kernel normalised them (positions past the call's end are masked out below)
+        where = (c[:, None] * chunk + torch.arange(chunk, device=dev)).clamp_max(self.length - 1).reshape(-1)
+        key = self.key[pick[0]] if rows is not None else self.key
+        key = self.unit(key[:, where][:, :, [self.kh(h) for h in heads]])  # [b, P·64, h, d_k]
+        key = key.reshape(key.shape[0], P, chunk, len(heads), self.d_k).permute(0, 3, 1, 2, 4)
+        g_end = gamma.gather(-1, j[None, None, :, None].expand(*gamma.shape[:3], 1))  # γ_j  [b, h, P, 1]
+        later = torch.arange(chunk, device=dev)[None, :] > j[:, None]  # i > j: not yet written
         weight = (g_end - gamma).masked_fill(later, float("-inf")).exp()  # [b, h, P, 64]
-        grown = torch.einsum("bhpi,bhpik,bhpiv->bphkv", weight, key, written)
+        grown = ((key * weight[..., None]).transpose(-1, -2) @ written).transpose(1, 2)  # [b, P, h, d_k, d_v]
+        idx = list(heads)
         start = self._start_state(heads)
         bounds = [start if ci == 0 else self.native_boundaries[ci - 1][:, idx] for ci in c.tolist()]
         base = torch.stack(bounds, 1).float()  # [B, P, h, d_k, d_v]
