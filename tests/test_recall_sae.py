@@ -111,3 +111,21 @@ def test_answer_attribution_exact_at_small_epsilon(organism):
     b = probe_batch(task, o.n_pairs, o.n_passages, o.seed + 2)
     assert sorted(set(res.t)) == sorted(set(b.query_pos[:, 0].tolist()))  # measured at the target query
     assert res.stats_linearised.r2 > 0.99
+
+
+def test_direction_ceilings_pair_atoms_are_fixed_key_atoms_are_not(organism):
+    """On gdn-mqar the pair-holding write is one fixed k̂ ⊗ v̂ per (key, value) pair, not per key token (the short
+    conv mixes the value token into the key): the recovery bar is reachable by a dictionary of pair atoms only."""
+    from writelens.errors import ExperimentError
+    from writelens.experiments.recall_ceiling import direction_ceilings
+
+    lens, task = organism
+    res = direction_ceilings(lens, task, CELL, n_passages=2048, min_contexts=3)
+    pair, key_tok = res.get("key", "pair"), res.get("key", "key token")
+    assert pair.n_groups > 1000 and pair.median > 0.99 and pair.share_ge_09 > 0.99
+    assert key_tok.n_groups == task.n_keys and key_tok.median < 0.85 and key_tok.share_ge_09 == 0.0
+    assert res.get("value", "value token").median > 0.98
+    assert "L0H0+1" in res.summary()["condition"]
+    assert type(res).from_json(res.to_json()).rows == res.rows
+    with pytest.raises(ExperimentError, match="outside the passages"):
+        direction_ceilings(lens, task, (0, 0, 60), n_passages=8)
