@@ -151,6 +151,7 @@ def main() -> None:
             "(b) fair rerun": lambda: fair_rerun(lens, x, firings, writes),
             "(b) lens.run, one row per firing": lambda: lens.run(row_ids, edits=batched),
             "(b) NativePass (incl. its native pass)": lambda: NativePass(lens, x, [mid_layer]).run(rows),
+            "(b) NativePass rows only (native pass kept)": lambda: keep.run(rows),
             "(c) capture: lens.run(cache=True)": lambda: lens.run(x, cache=True),
             "(c) exact states, 4 positions, every site": lambda: _states(lens, x),
         }, args.rounds)
@@ -164,6 +165,10 @@ def main() -> None:
     print(f"(b) per firing: fair rerun {fair / n * 1e3:.2f} ms, lens.run {res['(b) lens.run, one row per firing']['cpu_med'] / n * 1e3:.2f} ms, "
           f"NativePass {mine / n * 1e3:.2f} ms  ->  NativePass {fair / mine:.2f}x faster than the fair rerun "
           f"(min: {res['(b) fair rerun']['cpu_min'] / res['(b) NativePass (incl. its native pass)']['cpu_min']:.2f}x)")
+    rows_only = res["(b) NativePass rows only (native pass kept)"]
+    print(f"(b) with the native pass kept (as the experiments keep one for all conditions of a firing): "
+          f"{rows_only['cpu_med'] / n * 1e3:.2f} ms per firing  ->  {fair / rows_only['cpu_med']:.2f}x faster than the "
+          f"fair rerun (min: {res['(b) fair rerun']['cpu_min'] / rows_only['cpu_min']:.2f}x)")
     kept = sum(tensors_in(NativePass(lens, x, [mid_layer]).record).values()) / 2**20
     plain_peak = peak_rss_growth(args, "model(input_ids=x)")
     native_peak = peak_rss_growth(args, f"NativePass(lens, x, [{mid_layer}])")

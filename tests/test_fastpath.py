@@ -167,3 +167,17 @@ def test_layer_states_equal_per_head_states(family):
     fresh = lens.run(x, cache=True).cache
     for h in range(lens.adapter.num_heads):
         torch.testing.assert_close(got[:, :, h], fresh.states(layer, h, [70, 5, 99]))
+
+
+def test_groups_never_cover_more_token_rows_than_the_native_pass():
+    """A group of edited rows forwards rows × (T − s0) token-rows at most N × T (the native pass's own forward), so
+    its transient memory is bounded by the native forward's (Mamba-2's torch scan at real widths: ~200 MB a row)."""
+    from writelens.fastpath import GROUP_ROWS, _groups
+
+    T = 256
+    plans = [(p, 0, i, 0, ["edit"]) for i, p in enumerate(range(100, 140))]
+    for budget in (T, 4 * T, 64 * T):
+        groups = _groups(plans, T, budget)
+        assert sorted(pl[2] for g in groups for pl in g) == list(range(40))
+        assert all(len(g) * (T - g[0][0]) <= budget or len(g) == 1 for g in groups)
+        assert len(groups[0]) == min(GROUP_ROWS, max(1, budget // (T - 100)))  # as many as the budget admits

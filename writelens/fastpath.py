@@ -109,7 +109,7 @@ class NativePass:
         for pl in plans:
             if not pl[4]:
                 out[pl[2]] = _reduced(reduce, pl[2], native[pl[3], lo - off :])  # (span: as long as a row at T)
-        for group in _groups(todo, T):
+        for group in _groups(todo, T, self.passages.numel()):
             s0 = group[0][0]
             low = min(pl[1] for pl in group)
             src = torch.tensor([pl[3] for pl in group], device=self.passages.device)
@@ -138,13 +138,16 @@ def _reduced(reduce, i: int, logits: Tensor) -> Any:
     return logits if reduce is None else reduce(i, logits)
 
 
-def _groups(plans: list[tuple], T: int) -> list[list[tuple]]:
+def _groups(plans: list[tuple], T: int, budget: int) -> list[list[tuple]]:
     """Rows sorted by first position cut into groups of at most GROUP_ROWS whose first positions lie within
-    (T − s0) / SLACK of the group's first."""
+    (T − s0) / SLACK of the group's first, and whose forward covers at most ``budget`` token-rows (rows × (T − s0);
+    the native pass's N × T): a group's transient memory never exceeds that of the native forward (at real widths
+    transformers' Mamba-2 torch scan holds ~200 MB per row and 256 tokens)."""
     groups: list[list[tuple]] = []
     for pl in plans:
         g = groups[-1] if groups else None
-        if g is not None and len(g) < GROUP_ROWS and pl[0] - g[0][0] <= max(0, (T - g[0][0]) // SLACK):
+        if (g is not None and len(g) < GROUP_ROWS and (len(g) + 1) * (T - g[0][0]) <= budget
+                and pl[0] - g[0][0] <= max(0, (T - g[0][0]) // SLACK)):
             g.append(pl)
         else:
             groups.append([pl])
