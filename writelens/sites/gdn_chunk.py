@@ -5,7 +5,9 @@ Exact states anywhere in a captured call start from the nearest chunk-boundary s
 them writelens re-runs the recurrence of the whole call once to find them. transformers' CPU kernel
 (``torch_chunk_gated_delta_rule`` of the Qwen3.5 / Qwen3-Next modeling files) computes exactly those states in its
 scan over chunks and drops them. :func:`chunk_rule_with_boundaries` is the same computation, op for op, keeping
-them: a captured prefill call runs it instead of the model's kernel, so the boundaries cost nothing.
+them: a captured prefill call runs it instead of the model's kernel, so the boundaries cost nothing. It also keeps
+each chunk's ``v_new`` and cumulative decays (:class:`ChunkInterior`), from which the state after *any* position
+is one small contraction (``BoundaryStates.interior_states``) instead of a kernel run over the chunk.
 ``tests/test_gdn_chunk.py`` holds its outputs **bitwise** equal to transformers' kernel (and its boundary states to
 the float64 oracle); if a transformers release changes its kernel, that test says so.
 
@@ -188,7 +190,8 @@ class BoundaryStates:
         return decay[..., None, None] * base + grown
 
     def states_many(self, heads: tuple[int, ...], ts: list[int]) -> Tensor | None:
-        """Exact S of ``heads`` after each local position of ``ts``, [B, P, h, d_k, d_v], in one kernel call: every
+        """Exact S of ``heads`` after each local position of ``ts``, [B, P, h, d_k, d_v]: read from the chunk
+        interior (:meth:`interior_states`) when the call recorded one, else in one kernel call where every
         position advances from its kernel-recorded boundary state, the segments left-padded to one length with
         neutral tokens (g = 0, β = 0, zero q / k / v: the state passes through them unchanged). None when the call
         has no recorded boundaries or carries edits (the caller then sweeps)."""
