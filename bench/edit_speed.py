@@ -186,13 +186,13 @@ def tensors_in(obj, seen=None, depth=0):
     seen = {} if seen is None else seen
     if isinstance(obj, torch.Tensor):
         seen.setdefault(obj.untyped_storage().data_ptr(), obj.untyped_storage().nbytes())
-    elif depth < 6 and isinstance(obj, dict):
+    elif depth < 12 and isinstance(obj, dict):
         for v in obj.values():
             tensors_in(v, seen, depth + 1)
-    elif depth < 6 and isinstance(obj, (list, tuple)):
+    elif depth < 12 and isinstance(obj, (list, tuple)):
         for v in obj:
             tensors_in(v, seen, depth + 1)
-    elif depth < 6 and hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
+    elif depth < 12 and hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
         tensors_in(vars(obj), seen, depth + 1)
     return seen
 
