@@ -134,7 +134,8 @@ class BoundaryStates:
         """As :meth:`RecurrentCall._swept_state`, starting from the kernel's own boundary states when the call
         recorded them (and carries no edit): read from the chunk interior the kernel computed (no kernel run), else
         at most one chunk is recomputed, never the whole call."""
-        inside = self.interior_states(heads, [t])
+        on_boundary = (t + 1) % self.STATE_CHUNK == 0 and self.native_boundaries is not None
+        inside = None if on_boundary else self.interior_states(heads, [t])
         if inside is not None:
             return inside[:, 0]
         if self.native_boundaries is not None and not self.injections:
