@@ -1,5 +1,6 @@
 """Decoder constraints, resampling, dead tracking and the BatchTopK inference threshold."""
 
+import pytest
 import torch
 
 from writelens.sae import SAEConfig, build_sae
@@ -34,7 +35,8 @@ def test_dead_counters_stay_on_device_and_reset_on_firing():
     assert torch.equal(sae.steps_since_active == 0, fired) and torch.equal(sae.steps_since_active[~fired], torch.ones(int((~fired).sum()), dtype=torch.long))
 
 
-def test_resampling_points_dead_features_at_residuals_and_clears_adam():
+@pytest.mark.parametrize("target,share", [("input", 1.0), ("residual", 0.2)])
+def test_resampling_points_dead_features_at_their_target_and_clears_adam(target, share):
     sae = build_sae(SAEConfig("bilinear", 6, 5, 24, k=2), seed=0)
     states = planted_states(64, 6, 5, n_atoms=8, seed=1).states
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
@@ -45,17 +47,24 @@ def test_resampling_points_dead_features_at_residuals_and_clears_adam():
         sae.b_enc.fill_(0.5)
         sae.steps_since_active.zero_()
         sae.steps_since_active[[1, 4, 7]] = 100
+        sae.eval()
+        targets = states - sae.b_dec if target == "input" else states - sae(states).recon
     live = torch.ones(24, dtype=torch.bool)
     live[[1, 4, 7]] = False
     live_scale = (sae.enc_k.norm(dim=-1) * sae.enc_v.norm(dim=-1)).sum(-1)[live].mean()
-    n = resample_dead_features(sae, states, optimizer, torch.Generator().manual_seed(0), dead_window=100)
+    n = resample_dead_features(sae, states, optimizer, torch.Generator().manual_seed(0), dead_window=100,
+                               target=target, encoder_share=share)
     sae.requires_grad_(False)
     assert n == 3 and int(sae.steps_since_active.sum()) == 0
+    left, _, right_t = torch.linalg.svd(targets.double())
+    tops = left[:, :, 0, None] * right_t[:, None, 0, :]  # each target's unit top rank-1 matrix
     for f in (1, 4, 7):
         assert float(sae.b_enc[f]) == 0.0
         assert abs(float(sae.dec_k[f].norm()) - 1) < 1e-5 and abs(float(sae.dec_v[f].norm()) - 1) < 1e-5
+        atom = (sae.dec_k[f, 0, :, None] * sae.dec_v[f, 0, None, :]).double()
+        assert float((tops * atom).sum((1, 2)).abs().max()) > 1 - 1e-5  # the top factors of one target row
         form_norm = sae.enc_k[f].norm() * sae.enc_v[f].norm()
-        torch.testing.assert_close(form_norm, 0.2 * live_scale)  # 0.2 x live norm, not 0.04 as the reference
+        torch.testing.assert_close(form_norm, share * live_scale)  # the share of the live norm, not its square
         assert float(optimizer.state[sae.dec_k]["exp_avg"][f].abs().sum()) == 0.0
     assert float(optimizer.state[sae.dec_k]["exp_avg"][0].abs().sum()) > 0.0
     assert float(optimizer.state[sae.b_enc]["exp_avg_sq"][[1, 4, 7]].sum()) == 0.0

@@ -114,7 +114,8 @@ class SAE(nn.Module):
         raise NotImplementedError
 
     def _reinit_features(self, head: int, features: Tensor, targets: Float[Tensor, "n dk dv"], scale: Tensor):
-        """Point dead features at ``targets`` (decoder) with encoder norm ``0.2 * scale``."""
+        """Point ``features`` at ``targets`` ``[n, d_k, d_v]``: decoder = their top singular factors (FlatSAE: the
+        unit matrix), encoder = the same direction with norm ``scale`` (bilinear: the form's norm)."""
         raise NotImplementedError
 
     # ---- layout helpers ------------------------------------------------------------------------------------

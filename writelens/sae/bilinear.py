@@ -87,7 +87,7 @@ class BilinearSAE(SAE):
         self.heads_first(self.dec_k)[head, features] = keys
         self.heads_first(self.dec_v)[head, features] = values
         if not self.cfg.tied:
-            # split the 0.2 * scale encoder norm evenly over the two factors (the form is their product)
-            factor_scale = (0.2 * scale / self.cfg.rank).sqrt()
+            # split the encoder norm evenly over the two factors (the form is their product)
+            factor_scale = (scale / self.cfg.rank).sqrt()
             self.heads_first(self.enc_k)[head, features] = keys * factor_scale
             self.heads_first(self.enc_v)[head, features] = values * factor_scale

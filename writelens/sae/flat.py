@@ -56,4 +56,4 @@ class FlatSAE(DenseEncoderMixin, SAE):
     def _reinit_features(self, head: int, features: Tensor, targets: Float[Tensor, "n dk dv"], scale: Tensor):
         directions = unit_matrices(targets)
         self.heads_first(self.dec)[head, features] = directions
-        self.heads_first(self.enc)[head, features] = directions * 0.2 * scale
+        self.heads_first(self.enc)[head, features] = directions * scale

@@ -74,4 +74,4 @@ class MatrixSAE(DenseEncoderMixin, SAE):
         keys, values = top_singular_factors(targets, self.cfg.rank)
         self.heads_first(self.dec_k)[head, features] = keys
         self.heads_first(self.dec_v)[head, features] = values
-        self.heads_first(self.enc)[head, features] = unit_matrices(targets) * 0.2 * scale
+        self.heads_first(self.enc)[head, features] = unit_matrices(targets) * scale

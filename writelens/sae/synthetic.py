@@ -64,3 +64,61 @@ def atom_recovery(sae: SAE, planted_atoms: Float[Tensor, "A dk dv"], threshold: 
     cosine = planted @ F.normalize(learned.flatten(1), dim=1).T
     best, feature = cosine.max(dim=1)
     return Recovery(float((best >= threshold).float().mean()), threshold, best, feature)
+
+
+class PlantedPairs(NamedTuple):
+    """Writes of planted (key, value) pairs: ``states [N, d, d]``, which pair each holds (``key_ids``,
+    ``value_ids`` ``[N]``), and the pair atoms ``atoms [n_keys, n_values, d, d]`` (unit rank-1 matrices)."""
+
+    states: Float[Tensor, "N dk dv"]
+    key_ids: Int[Tensor, " N"]
+    value_ids: Int[Tensor, " N"]
+    atoms: Float[Tensor, "K V dk dv"]
+
+    @property
+    def pair_ids(self) -> Int[Tensor, " N"]:
+        return self.key_ids * self.atoms.shape[1] + self.value_ids
+
+
+def planted_pairs(n_states: int, n_keys: int = 16, n_values: int = 16, dim: int = 32, value_share: float = 0.8,
+                  key_noise: float = 0.02, seed: int = 0) -> PlantedPairs:
+    """The write structure of the recall organisms, planted: the write of pair (K, V) is ``k̂_KV ⊗ v_V`` with
+    ``k̂_KV = norm(a_K + value_share · b_V)`` (the short convolution mixes the value token into the key) plus
+    ``key_noise`` Gaussian noise in the key. Every pair is one fixed rank-1 matrix, so a dictionary of one atom
+    per pair reconstructs the writes almost exactly; one atom per value token explains only part of each (the
+    keys of one value share ``b_V``), which is the local optimum a TopK trainer can settle in."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n_keys, dim, generator=g)
+    b = torch.randn(n_values, dim, generator=g) * value_share
+    v = F.normalize(torch.randn(n_values, dim, generator=g), dim=-1)
+    key_ids = torch.randint(n_keys, (n_states,), generator=g)
+    value_ids = torch.randint(n_values, (n_states,), generator=g)
+    pair_keys = F.normalize(a[:, None, :] + b[None, :, :], dim=-1)  # [K, V, d]
+    k = F.normalize(pair_keys[key_ids, value_ids] + key_noise * torch.randn(n_states, dim, generator=g), dim=-1)
+    states = k[:, :, None] * v[value_ids][:, None, :]
+    atoms = pair_keys[:, :, :, None] * v[None, :, None, :]
+    return PlantedPairs(states, key_ids, value_ids, atoms)
+
+
+class PairFit(NamedTuple):
+    """How a k = 1 reading of an SAE fits planted pairs: ``distinct`` top features used, ``purity`` (the share of
+    states whose top feature's commonest pair is theirs), ``fve`` of the full reconstruction, and the ``recovery``
+    of the pair atoms (:func:`atom_recovery`)."""
+
+    distinct: int
+    n_pairs: int
+    purity: float
+    fve: float
+    recovery: Recovery
+
+
+@torch.no_grad()
+def pair_fit(sae: SAE, pairs: PlantedPairs, n: int = 4000, threshold: float = 0.9) -> PairFit:
+    """Score ``sae`` on the first ``n`` states of ``pairs`` (see :class:`PairFit`)."""
+    states, ids = pairs.states[:n], pairs.pair_ids[:n]
+    top = sae.encode_sparse(states).indices[:, 0]
+    recon = sae(states).recon
+    purity = sum(int(torch.bincount(ids[top == f]).max()) for f in top.unique()) / len(states)
+    fve = 1 - float(((recon - states) ** 2).sum() / ((states - states.mean(0)) ** 2).sum())
+    recovery = atom_recovery(sae, pairs.atoms.flatten(0, 1), threshold)
+    return PairFit(int(top.unique().numel()), int(ids.unique().numel()), purity, fve, recovery)

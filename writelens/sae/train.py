@@ -42,7 +42,7 @@ from writelens.sae.finite import check_finite_tensors
 from writelens.sae.health import FeatureHealth, feature_health, init_biases_from_data
 from writelens.sae.metrics import EvalMetrics, evaluate_sae
 from writelens.sae.objectives import ReadMetric, training_weighting
-from writelens.sae.resample import resample_dead_features
+from writelens.sae.resample import init_atoms_from_data, resample_dead_features
 from writelens.sae.train_config import TrainConfig
 from writelens.validate import check_device
 
@@ -131,11 +131,17 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.out_dir = Path(out_dir) if out_dir is not None else None
         fresh = not bool(sae.b_enc.detach().abs().sum() > 0) and not bool(sae.b_dec.detach().abs().sum() > 0)
-        if cfg.init_from_data and fresh:
-            has_mean = sae.cfg.center and bool(sae.mean.abs().sum() > 0)  # a mean the caller set is kept
-            init_biases_from_data(sae, sae.mean if has_mean else train_data.mean(), cfg.encoder_bias_init)
-        elif sae.cfg.center and not bool(sae.mean.abs().sum() > 0):
-            sae.set_mean(train_data.mean())
+        has_mean = sae.cfg.center and bool(sae.mean.abs().sum() > 0)  # a mean the caller set is kept
+        centre = None
+        if fresh and (cfg.atom_init == "data" or cfg.init_from_data):
+            centre = sae.mean if has_mean else train_data.mean()
+            if cfg.atom_init == "data":  # atoms first: the bias init centres the encoder they start with
+                init_atoms_from_data(sae, train_data.fetch, len(train_data), centre,
+                                     torch.Generator().manual_seed(cfg.seed + 1))
+            if cfg.init_from_data:
+                init_biases_from_data(sae, centre, cfg.encoder_bias_init)
+        if sae.cfg.center and not bool(sae.mean.abs().sum() > 0):
+            sae.set_mean(centre if centre is not None else train_data.mean())
         if self.out_dir is not None:
             self._prepare_out_dir(resume)
         weighting = training_weighting(read_metric, cfg.read_weight, sae.head_shape, sae.cfg.d_k, self.out_dir,
@@ -231,7 +237,8 @@ class Trainer:
             full_batch = self.train_data.batch(step, cfg.batch_size, cfg.seed).to(self.device)
             self.resampled_since_log += resample_dead_features(
                 self.sae, full_batch, self.optimizer, self.generator, cfg.dead_window, cfg.dense_threshold,
-                centre_biases=cfg.init_from_data,
+                centre_biases=cfg.init_from_data, target=cfg.resample_target,
+                encoder_share=cfg.resample_encoder_share,
             )
         self.step += 1
         if self.step % cfg.log_every and self.step != self.total_steps:

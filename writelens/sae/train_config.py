@@ -32,6 +32,14 @@ class TrainConfig:
         renorm_every: set decoder factors to unit norm every this many steps (0: never).
         project_decoder_grads: remove the gradient component parallel to each decoder factor.
         resample_every: resample dead features every this many steps (None: never).
+        resample_target, resample_encoder_share: what a resampled feature points at ("input": the state, the
+            default; "residual": its residual, the reference) and its encoder norm as a share of the live
+            features' mean (1.0; the reference 0.2, which under TopK never lets it fire: see
+            :mod:`writelens.sae.resample`).
+        atom_init: "data" (default): a fresh SAE's atoms start at distinct training states (their top factors,
+            encoder = decoder), see :func:`~writelens.sae.resample.init_atoms_from_data`; "random": unit
+            Gaussian factors (the reference). Like ``init_from_data`` it applies when every bias is 0 (a fresh
+            SAE): pass "random" to keep atoms you set yourself.
         dense_threshold: at each resample, features active on more than this share of the batch count as dead
             and are resampled too (None: only dead ones). Dense features are also counted in the log records
             (``n_dense``, on the batch) and in the evaluations (``val_n_dense``, ``val_n_bias_dominated``); the
@@ -68,6 +76,9 @@ class TrainConfig:
     renorm_every: int = 1
     project_decoder_grads: bool = True
     resample_every: int | None = None
+    resample_target: str = "input"
+    resample_encoder_share: float = 1.0
+    atom_init: str = "data"
     dense_threshold: float | None = 0.5
     init_from_data: bool = True
     encoder_bias_init: float = 0.0
@@ -85,7 +96,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`~writelens.errors.SAEConfigError` naming the first field outside its range (the ranges of
         ``writelens train``'s options: counts ≥ 1, rates > 0 and finite, shares in [0, 1], Adam betas in [0, 1))."""
-        from writelens.validate import check_bool, check_int, check_number
+        from writelens.validate import check_bool, check_choice, check_int, check_number
 
         err, name = SAEConfigError, lambda f: f"TrainConfig.{f}"
         for f in ("batch_size", "log_every", "keep_checkpoints", "dead_window", "eval_batch_size"):
@@ -103,6 +114,10 @@ class TrainConfig:
             setattr(self, f, check_number(getattr(self, f), name(f), err, 0))
         self.dense_threshold = check_number(self.dense_threshold, name("dense_threshold"), err, 0, 1, lo_open=True,
                                             allow_none=True)
+        self.resample_target = check_choice(self.resample_target, name("resample_target"), ("input", "residual"), err)
+        self.atom_init = check_choice(self.atom_init, name("atom_init"), ("data", "random"), err)
+        self.resample_encoder_share = check_number(self.resample_encoder_share, name("resample_encoder_share"), err, 0,
+                                                   lo_open=True)
         self.encoder_bias_init = check_number(self.encoder_bias_init, name("encoder_bias_init"), err)
         self.read_weight = check_number(self.read_weight, name("read_weight"), err, 0, 1)
         self.adam_eps = check_number(self.adam_eps, name("adam_eps"), err, 0, lo_open=True)
