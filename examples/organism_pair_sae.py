@@ -21,7 +21,7 @@ import writelens as wl
 from writelens.experiments.recall_sae import RecallSAEOptions, sae_recovery, sae_replacement_known
 from writelens.sae import BilinearSAE
 from writelens.sae.data import StateDataset
-from writelens.sae.train import TrainConfig, train_sae
+from writelens.sae.train import train_sae
 from writelens.tasks.mqar import make_batch
 
 CELLS = {"gdn-mqar": (0, 0, 1), "mamba2-mqar": (0, 0, 0), "rwkv7-mqar": (0, 1, 0)}
@@ -58,10 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     site = lens.site(*cell[:2])
     sae = BilinearSAE(d_k=site.d_k, d_v=site.d_v, n_features=o.n_features, k=o.k, rank=1, seed=o.seed,
                       metadata={"model": args.model, "layer": cell[0], "head": cell[1], "target": "writes"})
-    cfg = TrainConfig(lr=o.lr, lr_min=o.lr / 10, warmup_steps=50, batch_size=o.batch_size, steps=o.steps, seed=o.seed,
-                      val_fraction=0.1, eval_every=o.steps, log_every=max(1, o.steps // 10), resample_every=250,
-                      progress=False)
-    sae = train_sae(sae, StateDataset.from_tensor(data), cfg, resume=False).sae.eval()
+    sae = train_sae(sae, StateDataset.from_tensor(data), o.train_config(), resume=False).sae.eval()
     saes = {cell[:2]: sae}
     rec = sae_recovery(lens, task, [cell], saes, o).per_cell[0]
     rep = sae_replacement_known(lens, task, [cell], saes, o).summary()

@@ -64,6 +64,16 @@ class RecallSAEOptions(JsonMixin):
     min_contexts: int = 4
     seed: int = 23_000
 
+    def train_config(self):
+        """The :class:`~writelens.sae.train.TrainConfig` of these options (the trainer's defaults otherwise: atoms
+        initialised at data, resampling every 250 steps at the input)."""
+        from writelens.sae.train import TrainConfig
+
+        return TrainConfig(lr=self.lr, lr_min=self.lr / 10, warmup_steps=50, batch_size=self.batch_size,
+                           steps=self.steps, seed=self.seed, val_fraction=0.1, eval_every=self.steps,
+                           log_every=max(1, self.steps // 10), resample_every=250, progress=False,
+                           read_weight=self.read_weight)
+
 
 def organism_writes(lens, task: MQARConfig, heads: list[tuple[int, int]], pair_counts: tuple[int, ...],
                     n_per_count: int, seed: int, batch: int = 64) -> dict[tuple[int, int], Tensor]:
@@ -90,7 +100,7 @@ def train_recall_saes(lens, task: MQARConfig, heads: list[tuple[int, int]], opti
     """One BilinearSAE (rank 1) per head, trained on that head's writes (:func:`organism_writes`)."""
     from writelens.sae import BilinearSAE
     from writelens.sae.data import StateDataset
-    from writelens.sae.train import TrainConfig, train_sae
+    from writelens.sae.train import train_sae
 
     o = options or RecallSAEOptions()
     writes = organism_writes(lens, task, heads, o.pair_counts, o.n_train, o.seed + 1)
@@ -101,9 +111,7 @@ def train_recall_saes(lens, task: MQARConfig, heads: list[tuple[int, int]], opti
         sae = BilinearSAE(d_k=site.d_k, d_v=site.d_v, n_features=o.n_features, k=o.k, rank=1, seed=o.seed,
                           metadata={**model_provenance(lens.model, model_name), "layer": layer, "head": head,
                                     "target": "writes"})
-        cfg = TrainConfig(lr=o.lr, lr_min=o.lr / 10, warmup_steps=50, batch_size=o.batch_size, steps=o.steps,
-                          seed=o.seed, val_fraction=0.1, eval_every=o.steps, log_every=max(1, o.steps // 10),
-                          resample_every=250, progress=False, read_weight=o.read_weight)
+        cfg = o.train_config()
         metric = None
         if o.read_weight:  # the head's query second moment over passages of the largest pair count
             from writelens.extraction import query_metric
