@@ -84,3 +84,7 @@ def test_states_inside_chunks_from_the_kernels_interior_equal_a_float64_recurren
         if t % 7 == 0:
             assert (got_rows[:, t // 7].double() - S[rows]).abs().max() < 1e-5 * scale, t
     assert torch.allclose(call.states_for_rows(heads, 100, rows), got[rows, 100], atol=1e-6)
+    for t in (63, 127):  # at a chunk boundary: the kernel's own boundary state, bitwise, on every path
+        kept = call.native_boundaries[(t + 1) // 64 - 1][:, list(heads)]
+        assert torch.equal(got[:, t], kept) and torch.equal(call.states_for_rows(heads, t, rows), kept[rows])
+        assert torch.equal(call.states_many(heads, [t, 5])[:, 0], kept)

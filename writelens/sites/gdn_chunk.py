@@ -134,8 +134,7 @@ class BoundaryStates:
         """As :meth:`RecurrentCall._swept_state`, starting from the kernel's own boundary states when the call
         recorded them (and carries no edit): read from the chunk interior the kernel computed (no kernel run), else
         at most one chunk is recomputed, never the whole call."""
-        on_boundary = (t + 1) % self.STATE_CHUNK == 0 and self.native_boundaries is not None
-        inside = None if on_boundary else self.interior_states(heads, [t])
+        inside = self.interior_states(heads, [t])
         if inside is not None:
             return inside[:, 0]
         if self.native_boundaries is not None and not self.injections:
@@ -156,7 +155,7 @@ class BoundaryStates:
     def interior_states(self, heads: tuple[int, ...], ts: list[int], rows: Tensor | None = None) -> Tensor | None:
         """Exact S of ``heads`` after each local position of ``ts``, [B, P, h, d_k, d_v] (``rows``: those batch rows
         only), from the kernel's own boundary state and chunk interior (:class:`ChunkInterior`): one small
-        contraction per position, no kernel run. None when the call recorded no interior or carries edits."""
+        contraction per position, no kernel run; a position at a chunk boundary is the kernel's boundary state. None when the call recorded no interior or carries edits."""
         inner = getattr(self, "native_interior", None)
         if inner is None or self.native_boundaries is None or self.injections or not ts:
             return None
@@ -188,7 +187,12 @@ class BoundaryStates:
         if rows is not None:
             base = base[rows.to(base.device)]
         decay = g_end[..., 0].exp().transpose(1, 2)  # [b, P, h]
-        return decay[..., None, None] * base + grown
+        out = decay[..., None, None] * base + grown
+        for p, t in enumerate(ts):  # at a chunk boundary the kernel's own state, bitwise (never recomputed)
+            if (t + 1) % chunk == 0 and (t + 1) // chunk <= self.native_boundaries.shape[0]:
+                kept = self.native_boundaries[(t + 1) // chunk - 1][:, idx]
+                out[:, p] = (kept if rows is None else kept[rows.to(kept.device)]).to(out)
+        return out
 
     def states_many(self, heads: tuple[int, ...], ts: list[int]) -> Tensor | None:
         """Exact S of ``heads`` after each local position of ``ts``, [B, P, h, d_k, d_v]: read from the chunk
