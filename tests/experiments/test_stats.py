@@ -83,6 +83,8 @@ def test_per_atom_population_hand_computed():
     # sd of (0.8, 0.5) = 0.212132; t_{.975, 1} = 12.7062; half = 12.7062 * 0.212132 / sqrt(2) = 1.905930
     assert pop.hi - pop.mean == pytest.approx(12.706205 * 0.2121320 / math.sqrt(2), rel=1e-5)
     assert pop.per_atom == {"a": 0.8, "b": 0.5}
+    rate = st.per_atom_population(wins, atoms, min_firings=5, bounds=(0.0, 1.0))  # a rate's interval stays in [0, 1]
+    assert (rate.lo, rate.hi, rate.mean) == (0.0, 1.0, pop.mean) and pop.lo < 0 < 1 < pop.hi
 
 
 def test_r_squared_fitted_scale_sign_agreement():

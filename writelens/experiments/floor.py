@@ -146,7 +146,8 @@ def noise_floor(null: Any, effects: dict[str, Any], *, multiple: float, null_edi
                    + (f" or unreachable by the edit ({int(unreach.sum())})" if unreach.any() else "")
                    + "; the comparison is decided by float rounding there. Ties are excluded from rates.")
         warnings.warn(message, NoiseFloorWarning, stacklevel=stacklevel)
-    return NoiseFloor(null_edit=null_edit, metric=metric, multiple=float(multiple), n_null=int(np.isfinite(np.asarray(null, dtype=np.float64)).sum()),
+    n_null = int(np.isfinite(np.asarray(null, dtype=np.float64)).sum())
+    return NoiseFloor(null_edit=null_edit, metric=metric, multiple=float(multiple), n_null=n_null,
                       median=median, max=top, threshold=tau, n_items=n, n_unreachable=int(unreach.sum()),
                       below={c: int(b.sum()) for c, b in below.items()}, n_all_below=int(every.sum()),
                       headline=label, n_ties=n_ties, warning=message)

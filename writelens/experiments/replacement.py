@@ -192,7 +192,7 @@ def replacement_stats(kl_atom, kl_delete, kl_random, features, passages, *, kl_f
         bootstrap_by_passage=st.cluster_bootstrap(win, psgs, n_resamples=n_bootstrap, seed=seed + 1),
         wilcoxon=st.paired_wilcoxon(a, d),
         cliffs_delta=st.cliffs_delta(d, a),
-        population=st.per_atom_population(win, feats, min_firings=min_firings_per_atom),
+        population=st.per_atom_population(win, feats, min_firings=min_firings_per_atom, bounds=(0.0, 1.0)),
         flat_svd_win_rate=(st.proportion((conds["flat_svd"] < d)[~tie["flat_svd_win_rate"]])
                            if "flat_svd" in conds else None),
         ties={k: int(v.sum()) for k, v in tie.items()},

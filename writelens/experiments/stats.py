@@ -202,9 +202,11 @@ def cliffs_delta(x: Any, y: Any) -> float:
     return float((less.sum() - greater.sum()) / (a.size * b.size))
 
 
-def per_atom_population(values: Any, atoms: Sequence[Any], min_firings: int = 5, level: float = 0.95) -> PopulationMean:
+def per_atom_population(values: Any, atoms: Sequence[Any], min_firings: int = 5, level: float = 0.95,
+                        bounds: tuple[float, float] | None = None) -> PopulationMean:
     """Mean over atoms of the per-atom mean of ``values`` (atoms with ≥ ``min_firings`` observations), with a
-    Student-t interval over atoms: ``mean ± t_{n−1} · sd / √n``."""
+    Student-t interval over atoms: ``mean ± t_{n−1} · sd / √n``, clipped to ``bounds`` where the values cannot
+    leave them (a rate: ``(0, 1)``; the t-interval is symmetric and would otherwise claim rates above 1)."""
     v = _arr(values)
     labels = [str(a) for a in atoms]
     per: dict[str, list[float]] = {}
@@ -219,7 +221,10 @@ def per_atom_population(values: Any, atoms: Sequence[Any], min_firings: int = 5,
     if means.size == 1:
         return PopulationMean(mean, float("nan"), float("nan"), 1, n_firings, min_firings, kept, level)
     half = float(sps.t.ppf(0.5 + level / 2, means.size - 1) * means.std(ddof=1) / math.sqrt(means.size))
-    return PopulationMean(mean, mean - half, mean + half, int(means.size), n_firings, min_firings, kept, level)
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return PopulationMean(mean, lo, hi, int(means.size), n_firings, min_firings, kept, level)
 
 
 def r_squared(measured: Any, predicted: Any) -> float:
