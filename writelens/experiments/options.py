@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from writelens.errors import ExperimentError
 from writelens.experiments.base import JsonMixin
-from writelens.validate import check_bool, check_int, check_number
+from writelens.validate import check_bool, check_choice, check_int, check_number
 
 __all__ = ["KLPosition", "KLDirection", "NullEdit", "ReplacementOptions", "AttributionOptions", "InstallOptions",
            "check_options"]
@@ -47,8 +47,7 @@ def check_options(options: Any, bounds: dict[str, tuple]) -> None:
         name, value, tp = f"{cls.__name__}.{f.name}", getattr(options, f.name), hints.get(f.name)
         choices = _literal_choices(tp)
         if choices is not None:
-            if value not in choices or not isinstance(value, (str, type(None))):
-                raise ExperimentError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
+            check_choice(value, name, choices, ExperimentError)
         elif tp is bool:
             check_bool(value, name, ExperimentError)
         rule = bounds.get(f.name)
