@@ -67,6 +67,8 @@ def test_fewer_states_than_features_leave_the_rest_random_and_bad_choices_are_re
     before = sae.dec_k.detach().clone()
     n = init_atoms_from_data(sae, lambda rows: states[rows], 10, states.mean(0), torch.Generator().manual_seed(1))
     assert n == 10 and int((sae.dec_k.detach() != before).any(-1).any(-1).sum()) == 10
+    assert TrainConfig().atoms_from_data and not TrainConfig(read_weight=1.0).atoms_from_data  # "auto"
+    assert TrainConfig(atom_init="data", read_weight=1.0).atoms_from_data and not TrainConfig(atom_init="random").atoms_from_data
     for field, value in (("atom_init", "kmeans"), ("resample_target", "state"), ("resample_encoder_share", 0.0)):
         with pytest.raises(SAEConfigError, match=field):
             TrainConfig(**{field: value})

@@ -35,7 +35,7 @@ def test_dead_counters_stay_on_device_and_reset_on_firing():
     assert torch.equal(sae.steps_since_active == 0, fired) and torch.equal(sae.steps_since_active[~fired], torch.ones(int((~fired).sum()), dtype=torch.long))
 
 
-@pytest.mark.parametrize("target,share", [("input", 1.0), ("residual", 0.2)])
+@pytest.mark.parametrize("target,share", [("input", None), ("residual", 0.2)])
 def test_resampling_points_dead_features_at_their_target_and_clears_adam(target, share):
     sae = build_sae(SAEConfig("bilinear", 6, 5, 24, k=2), seed=0)
     states = planted_states(64, 6, 5, n_atoms=8, seed=1).states
@@ -64,7 +64,8 @@ def test_resampling_points_dead_features_at_their_target_and_clears_adam(target,
         atom = (sae.dec_k[f, 0, :, None] * sae.dec_v[f, 0, None, :]).double()
         assert float((tops * atom).sum((1, 2)).abs().max()) > 1 - 1e-5  # the top factors of one target row
         form_norm = sae.enc_k[f].norm() * sae.enc_v[f].norm()
-        torch.testing.assert_close(form_norm, share * live_scale)  # the share of the live norm, not its square
+        # unit (the atom's least-squares coefficient), or the share of the live norm (not its square)
+        torch.testing.assert_close(form_norm, torch.tensor(1.0) if share is None else share * live_scale)
         assert float(optimizer.state[sae.dec_k]["exp_avg"][f].abs().sum()) == 0.0
     assert float(optimizer.state[sae.dec_k]["exp_avg"][0].abs().sum()) > 0.0
     assert float(optimizer.state[sae.b_enc]["exp_avg_sq"][[1, 4, 7]].sum()) == 0.0

@@ -7,8 +7,10 @@ reconstructs worst: states are drawn with probability proportional to their squa
 - the decoder atom becomes the top-r SVD of the *target*: with ``target="input"`` (the default) the state itself,
   as the atoms see it (minus the decoder bias and stored mean); with ``target="residual"`` (the reference) its
   residual ``S - S_hat``; unit factors (FlatSAE: the unit-Frobenius matrix);
-- the encoder becomes the same direction with ``encoder_share`` x the mean encoder norm of the live features
-  (for the bilinear encoder the *form* ``enc_k enc_v^T`` gets that norm, split evenly over its two factors);
+- the encoder becomes the same direction with unit norm (``encoder_share=None``, the default: its pre-activation
+  at a state is then the least-squares coefficient of its atom there, as for a fresh atom) or with
+  ``encoder_share`` x the mean encoder norm of the live features (the reference: 0.2); for the bilinear encoder
+  the *form* ``enc_k enc_v^T`` gets that norm, split evenly over its two factors;
 - the encoder bias (and a JumpReLU log-threshold: to the live mean) is reset, the dead counter zeroed, and
   Adam's moments of those feature rows cleared.
 
@@ -17,9 +19,11 @@ fires only when its pre-activation is among the k largest. A resampled feature a
 one pointed at a residual that is nearly orthogonal to the state, never gets there, so it dies again and the
 SAE keeps its first coarse atoms (one per value token instead of one per pair on the model organisms;
 ``examples/planted_pairs_sae.py``: 134 features for 256 planted pairs at purity 0.57 with the reference
-recipe, 267 at purity 1.00 with this one and :func:`init_atoms_from_data`). Pointed at the state at the live
-norm, the new feature wins that state and its neighbours at once: it takes over the cluster the SAE fits worst
-(the splitting step of k-means).
+recipe, 267 at purity 1.00 with this one and :func:`init_atoms_from_data`). Pointed at the state with a unit
+encoder, the new feature's pre-activation there is the whole state's projection, more than any live feature that
+fits it badly: it wins that state and its neighbours at once and takes over the cluster the SAE fits worst (the
+splitting step of k-means), with coefficients that reconstruct it. (A share of the live norm instead scales its
+coefficients by that norm, which on Mamba-2's writes gave a final FVE below 0.)
 
 With ``dense_threshold`` set, features active on more than that share of the batch (dense: a constant feature
 acting as a second decoder bias, see :mod:`writelens.sae.health`) are resampled the same way, and with
@@ -44,11 +48,11 @@ RESAMPLE_TARGETS = ("input", "residual")
 def resample_dead_features(
     sae: SAE, states: Tensor, optimizer: torch.optim.Optimizer | None, generator: torch.Generator, dead_window: int,
     dense_threshold: float | None = None, centre_biases: bool = False, target: str = "input",
-    encoder_share: float = 1.0,
+    encoder_share: float | None = None,
 ) -> int:
     """Resample dead (and, with ``dense_threshold``, dense) features of ``sae`` from a batch of ``states`` (its
-    public layout ``[B, (H), d_k, d_v]``) along ``target`` ("input" or "residual") with encoder norm
-    ``encoder_share`` x the live mean; returns how many."""
+    public layout ``[B, (H), d_k, d_v]``) along ``target`` ("input" or "residual") with a unit encoder
+    (``encoder_share=None``) or ``encoder_share`` x the live mean norm; returns how many."""
     if target not in RESAMPLE_TARGETS:
         raise SAEConfigError(f"resample target must be one of {RESAMPLE_TARGETS}, got {target!r}.")
     dead = sae.heads_first(sae.dead_mask(dead_window))
@@ -79,7 +83,7 @@ def resample_dead_features(
         weights = errors if bool(torch.isfinite(errors).all()) and float(errors.sum()) > 0 else torch.ones_like(errors)
         rows = torch.multinomial(weights, n_new, replacement=True, generator=generator).to(heads.device)
         live = ~dead[head]
-        scale = encoder_share * sae._encoder_scale(head, live)
+        scale = torch.tensor(1.0) if encoder_share is None else encoder_share * sae._encoder_scale(head, live)
         sae._reinit_features(head, chosen, targets[head, rows].to(sae.b_dec.dtype), scale)
         sae.heads_first(sae.b_enc)[head, chosen] = 0.0
         if sae.cfg.activation == "jumprelu":
@@ -100,22 +104,22 @@ def resample_dead_features(
 def init_atoms_from_data(sae: SAE, fetch, n_rows: int, centre: Float[Tensor, "*H dk dv"], generator: torch.Generator,
                          chunk: int = 1024) -> int:
     """Point the features of a fresh SAE at distinct training states (a seeded draw without replacement): each
-    atom becomes the top-r factors of ``S - centre`` and its encoder the same direction at the SAE's present
-    mean encoder norm (Gao et al.'s encoder = decoder init, with data directions instead of random ones: the
-    seeding step of k-means). ``fetch(rows)`` returns the states ``[n, (H), d_k, d_v]`` of those dataset rows
-    (:meth:`StateDataset.fetch`); every head gets the same rows. With fewer rows than features, the rest keep
+    atom becomes the top-r factors of ``S - centre`` and its encoder the same direction with unit norm, so that its
+    pre-activation is the atom's least-squares coefficient (Gao et al.'s encoder = decoder init, with data
+    directions instead of random ones: the seeding step of k-means). ``fetch(rows)`` returns the states
+    ``[n, (H), d_k, d_v]`` of those dataset rows (:meth:`StateDataset.fetch`); every head gets the same rows. With fewer rows than features, the rest keep
     their random init. Returns how many features were pointed, per head."""
     n = min(int(n_rows), sae.cfg.n_features)
     rows = torch.randperm(int(n_rows), generator=generator)[:n]
     features = torch.randperm(sae.cfg.n_features, generator=generator)[:n]
     centre_heads = sae.heads_first(centre.to(sae.b_dec))
     n_heads = centre_heads.shape[0]
-    scales = [sae._encoder_scale(h, torch.ones(sae.cfg.n_features, dtype=torch.bool, device=sae.b_enc.device)) for h in range(n_heads)]
+    unit = torch.tensor(1.0)
     for start in range(0, n, chunk):
         _, heads = sae._to_heads(fetch(rows[start:start + chunk]).to(sae.b_dec))
         ids = features[start:start + chunk].to(heads.device)
         for h in range(n_heads):
-            sae._reinit_features(h, ids, heads[h] - centre_heads[h], scales[h])
+            sae._reinit_features(h, ids, heads[h] - centre_heads[h], unit)
     return n
 
 

@@ -133,9 +133,9 @@ class Trainer:
         fresh = not bool(sae.b_enc.detach().abs().sum() > 0) and not bool(sae.b_dec.detach().abs().sum() > 0)
         has_mean = sae.cfg.center and bool(sae.mean.abs().sum() > 0)  # a mean the caller set is kept
         centre = None
-        if fresh and (cfg.atom_init == "data" or cfg.init_from_data):
+        if fresh and (cfg.atoms_from_data or cfg.init_from_data):
             centre = sae.mean if has_mean else train_data.mean()
-            if cfg.atom_init == "data":  # atoms first: the bias init centres the encoder they start with
+            if cfg.atoms_from_data:  # atoms first: the bias init centres the encoder they start with
                 init_atoms_from_data(sae, train_data.fetch, len(train_data), centre,
                                      torch.Generator().manual_seed(cfg.seed + 1))
             if cfg.init_from_data:
@@ -233,7 +233,8 @@ class Trainer:
         self.optimizer.step()
         if cfg.renorm_every and (step + 1) % cfg.renorm_every == 0:
             self.sae.normalize_decoder()
-        if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
+        every = cfg.resample_every
+        if every and (step + 1) % every == 0 and step + 1 + every <= self.total_steps:  # never in the last interval
             full_batch = self.train_data.batch(step, cfg.batch_size, cfg.seed).to(self.device)
             self.resampled_since_log += resample_dead_features(
                 self.sae, full_batch, self.optimizer, self.generator, cfg.dead_window, cfg.dense_threshold,
