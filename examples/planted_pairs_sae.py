@@ -9,7 +9,7 @@ per pair (256) reconstructs them with FVE ≈ 1. Printed: the distinct top featu
 writes, their pair purity (the share of writes whose top feature's commonest pair is theirs), the FVE, and the share
 of pair atoms some learned atom matches at |cos| ≥ 0.9. The reference recipe settles in per-value atoms, as the
 organisms' SAEs did (docs "Known answers"); writelens' default (atoms initialised at data, resampling at the input
-with the live encoder norm) finds the pairs. Figures of one run are in docs/known-answers.md.
+with a unit encoder) finds the pairs. Figures of one run are in docs/experiments/known-answers.md.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ recipe, 267 at purity 1.00 with this one and :func:`init_atoms_from_data`). Poin
 encoder, the new feature's pre-activation there is the whole state's projection, more than any live feature that
 fits it badly: it wins that state and its neighbours at once and takes over the cluster the SAE fits worst (the
 splitting step of k-means), with coefficients that reconstruct it. (A share of the live norm instead scales its
-coefficients by that norm, which on Mamba-2's writes gave a final FVE below 0.)
+coefficients by that norm; a Mamba-2 organism run with 1.0 x, which also resampled at its last step, ended at a
+final FVE below 0.)
 
 With ``dense_threshold`` set, features active on more than that share of the batch (dense: a constant feature
 acting as a second decoder bias, see :mod:`writelens.sae.health`) are resampled the same way, and with
