@@ -72,3 +72,31 @@ def test_fewer_states_than_features_leave_the_rest_random_and_bad_choices_are_re
     for field, value in (("atom_init", "kmeans"), ("resample_target", "state"), ("resample_encoder_share", 0.0)):
         with pytest.raises(SAEConfigError, match=field):
             TrainConfig(**{field: value})
+
+
+def test_pair_fit_scores_the_planted_dictionary_itself_as_perfect_and_a_per_value_one_as_not():
+    pairs = planted_pairs(3000, n_keys=6, n_values=5, dim=12, seed=3)
+    u, _, vt = torch.linalg.svd(pairs.atoms.flatten(0, 1).double())  # each pair atom = k̂ v̂ᵀ (rank 1)
+    k_hat, v_hat = u[:, :, 0].float(), vt[:, 0, :].float()  # [30, d] each, pair index = K * 5 + V
+    sign = torch.sign((v_hat.reshape(6, 5, 12) * v_hat.reshape(6, 5, 12)[:1]).sum(-1)).reshape(30, 1)
+    k_hat, v_hat = k_hat * sign, v_hat * sign  # one sign per value token across keys (the atom is unchanged)
+    oracle = BilinearSAE(d_k=12, d_v=12, n_features=30, k=1, seed=0)
+    with torch.no_grad():
+        for p in (oracle.dec_k, oracle.enc_k):
+            p.copy_(k_hat[:, None, :])
+        for p in (oracle.dec_v, oracle.enc_v):
+            p.copy_(v_hat[:, None, :])
+    fit = pair_fit(oracle.eval(), pairs, n=2000)
+    assert fit.n_pairs == 30
+    assert fit.purity > 0.99 and fit.recovery.fraction == 1.0 and fit.fve > 0.95 and fit.distinct == 30
+    # one atom per value token (the mean key of that value): the local optimum the reference recipe settles in
+    per_value = BilinearSAE(d_k=12, d_v=12, n_features=5, k=1, seed=0)
+    mean_key = torch.nn.functional.normalize(k_hat.reshape(6, 5, 12).mean(0), dim=-1)  # [V, d]
+    with torch.no_grad():
+        for p in (per_value.dec_k, per_value.enc_k):
+            p.copy_(mean_key[:, None, :])
+        for p in (per_value.dec_v, per_value.enc_v):
+            p.copy_(v_hat.reshape(6, 5, 12)[0][:, None, :])
+    coarse = pair_fit(per_value.eval(), pairs, n=2000)
+    print(f"per-value dictionary: {coarse}")
+    assert coarse.distinct <= 5 and coarse.purity < 0.4 and coarse.recovery.fraction == 0.0
