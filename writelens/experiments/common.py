@@ -226,7 +226,8 @@ def run_rows(lens, passages: Int[Tensor, "N T"], rows: Sequence[tuple[int, Seque
     """Run each row (passage index, edits of that row) with the exact edit engine and return
     ``reduce(i, logits_i)`` per row in order (logits [T, V]; with ``tail`` the last ``tail`` positions [tail, V],
     the unembedding run on those alone; with ``span`` positions [0, first edit + span), the forward stopping
-    there). The passages run natively once per chunk of ``batch_rows`` distinct passages (a :class:`writelens.fastpath.NativePass`); every row then costs only the layers and positions its
+    there). The passages run natively once per chunk of ``batch_rows`` distinct passages (a
+    :class:`writelens.fastpath.NativePass`); every row then costs only the layers and positions its
     edits change (``writelens.fastpath``)."""
     out: list[Any] = [None] * len(rows)
     if not lens.adapter.supports_prefix_reuse:

@@ -9,7 +9,10 @@ from typing import Any
 from writelens.errors import CheckpointError, SAEConfigError
 from writelens.sae.config import Objective
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "RESAMPLE_TARGETS"]
+
+#: what a resampled feature can point at (``TrainConfig.resample_target``, :mod:`writelens.sae.resample`)
+RESAMPLE_TARGETS = ("input", "residual")
 
 
 @dataclass
@@ -119,7 +122,7 @@ class TrainConfig:
             setattr(self, f, check_number(getattr(self, f), name(f), err, 0))
         self.dense_threshold = check_number(self.dense_threshold, name("dense_threshold"), err, 0, 1, lo_open=True,
                                             allow_none=True)
-        self.resample_target = check_choice(self.resample_target, name("resample_target"), ("input", "residual"), err)
+        self.resample_target = check_choice(self.resample_target, name("resample_target"), RESAMPLE_TARGETS, err)
         self.atom_init = check_choice(self.atom_init, name("atom_init"), ("auto", "data", "random"), err)
         self.resample_encoder_share = check_number(self.resample_encoder_share, name("resample_encoder_share"), err, 0,
                                                    lo_open=True, allow_none=True)
